@@ -1,0 +1,12 @@
+"""Hand-derived backward passes (the chapter's delta formulas); no jax.grad or jax.vjp inside.
+
+Each `*_backward` takes the upstream gradient delta = dL/d(output) of ONE example and returns
+`(param_grads, dx)`, or `dx` alone for layers without parameters.
+"""
+from nnjax.backprop.activation import *  # noqa: F401,F403
+from nnjax.backprop.dense import *  # noqa: F401,F403
+from nnjax.backprop.mlp import *  # noqa: F401,F403
+from nnjax.backprop.conv import *  # noqa: F401,F403
+from nnjax.backprop.pooling import *  # noqa: F401,F403
+from nnjax.backprop.normalization import *  # noqa: F401,F403
+from nnjax.backprop.cnn import *  # noqa: F401,F403

@@ -1,0 +1,95 @@
+"""Loss functions, per example: each reduces over the last axis only.
+
+Chapter section "Loss Functions". The chapter's 1/m batch mean is the caller's `jnp.mean`
+over a `jax.vmap`-ed batch, so each function here is one example's term of the sum.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from nnjax._checks import check_float_array, check_same_shape
+from nnjax.activations import log_softmax, softplus
+
+__all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "cross_entropy", "softmax_cross_entropy"]
+
+
+def _safe_log(p):
+    """log p with p clipped below at the dtype's smallest normal number, so log 0 is finite."""
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
+def mse(y_hat, y):
+    """Squared error of one example: L = ||y - y_hat||^2 = sum_k (y_k - y_hat_k)^2.
+
+    Args:
+      y_hat: prediction, shape (..., K).
+      y: target, same shape.
+
+    Returns:
+      Shape (...,): the sum over the last axis. dL/dy_hat = 2 (y_hat - y).
+    """
+    y_hat, y = check_float_array("mse", "y_hat", y_hat), jnp.asarray(y)
+    check_same_shape("mse", "y_hat", y_hat, "y", y)
+    return jnp.sum((y - y_hat) ** 2, axis=-1)
+
+
+def binary_cross_entropy(p, y):
+    """Elementwise L = -(y log p + (1 - y) log(1 - p)) for a sigmoid output p in [0, 1].
+
+    p is clipped inside the logs to the dtype's smallest normal number, so the loss stays
+    finite for p in {0, 1} (about 87 in float32 for a confident wrong answer).
+
+    Returns:
+      Same shape as `p`.
+    """
+    p, y = check_float_array("binary_cross_entropy", "p", p), jnp.asarray(y)
+    check_same_shape("binary_cross_entropy", "p", p, "y", y)
+    return -(y * _safe_log(p) + (1 - y) * _safe_log(1 - p))
+
+
+def binary_cross_entropy_with_logits(z, y):
+    """Binary cross-entropy on p = sigmoid(z), stable for any logit z.
+
+    -(y log sigma(z) + (1 - y) log(1 - sigma(z))) = softplus(z) - y z, since
+    log sigma(z) = -softplus(-z) and softplus(z) - softplus(-z) = z. dL/dz = sigma(z) - y.
+
+    Returns:
+      Same shape as `z`.
+    """
+    z, y = check_float_array("binary_cross_entropy_with_logits", "z", z), jnp.asarray(y)
+    check_same_shape("binary_cross_entropy_with_logits", "z", z, "y", y)
+    return softplus(z) - y * z
+
+
+def cross_entropy(p, y):
+    """Categorical cross-entropy L = -sum_k y_k log p_k for probabilities p, one-hot y.
+
+    Args:
+      p: probabilities, shape (..., K).
+      y: one-hot (or soft) targets, same shape.
+
+    Returns:
+      Shape (...,).
+    """
+    p, y = check_float_array("cross_entropy", "p", p), jnp.asarray(y)
+    check_same_shape("cross_entropy", "p", p, "y", y)
+    return -jnp.sum(y * _safe_log(p), axis=-1)
+
+
+def softmax_cross_entropy(logits, y):
+    """Cross-entropy of softmax(logits): L = -sum_k y_k log_softmax(z)_k.
+
+    Computed through `log_softmax`, so it is finite for any logits. With one-hot y the
+    chapter's simplification holds: dL/dz = softmax(z) - y = y_hat - y.
+
+    Args:
+      logits: z^[L], shape (..., K).
+      y: one-hot targets, same shape.
+
+    Returns:
+      Shape (...,).
+    """
+    logits, y = check_float_array("softmax_cross_entropy", "logits", logits), jnp.asarray(y)
+    check_same_shape("softmax_cross_entropy", "logits", logits, "y", y)
+    return -jnp.sum(y * log_softmax(logits), axis=-1)
