@@ -120,25 +120,29 @@ ELEMENTWISE: dict[str, tuple[Callable, Callable]] = {
 """name -> (sigma, sigma') for the five elementwise activations."""
 
 
-def activation_name(activation) -> str:
+def activation_name(activation, caller: str = "activation_name") -> str:
     """The name of an elementwise activation given as a name or as one of this module's functions.
+
+    Args:
+      activation: a name in `ELEMENTWISE` or one of this module's five elementwise functions.
+      caller: the public function to name in the error message (e.g. ``"mlp_grads"``).
 
     Raises:
       ValueError: for any other callable or name, listing the allowed ones (only these have
         hand-derived derivatives).
     """
     if isinstance(activation, str):
-        check_choice("activation_name", "activation", activation, ELEMENTWISE)
+        check_choice(caller, "activation", activation, ELEMENTWISE)
         return activation
     for name, (fn, _) in ELEMENTWISE.items():
         if activation is fn:
             return name
     raise ValueError(
-        f"activation={getattr(activation, '__name__', activation)!r} has no hand-derived derivative; "
-        f"expected one of nnjax.activations.{{{', '.join(ELEMENTWISE)}}} or its name"
+        f"{caller}: activation={getattr(activation, '__name__', activation)!r} has no hand-derived "
+        f"derivative; expected one of nnjax.activations.{{{', '.join(ELEMENTWISE)}}} or its name"
     )
 
 
-def get_activation(activation) -> tuple[Callable, Callable]:
+def get_activation(activation, caller: str = "get_activation") -> tuple[Callable, Callable]:
     """(sigma, sigma') for an activation given by name or function; see `activation_name`."""
-    return ELEMENTWISE[activation_name(activation)]
+    return ELEMENTWISE[activation_name(activation, caller)]

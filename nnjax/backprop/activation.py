@@ -1,2 +1,86 @@
-"""Placeholder until written."""
-__all__ = []
+"""Backward passes of activations and of the output losses ("Backpropagation").
+
+An elementwise activation a = sigma(z) has a diagonal Jacobian diag(sigma'(z)), so the
+upstream delta = dL/da turns into dL/dz = delta * sigma'(z). At the output, the chapter's
+simplification for softmax + cross-entropy is dL/dz^[L] = a^[L] - y.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from nnjax._checks import check_float_array, check_same_shape
+from nnjax.activations import get_activation, softmax
+
+__all__ = ["activation_backward", "softmax_backward", "softmax_cross_entropy_backward", "mse_backward"]
+
+
+def activation_backward(name, z, delta):
+    """dL/dz = delta * sigma'(z) for an elementwise activation a = sigma(z).
+
+    Args:
+      name: "relu", "leaky_relu", "sigmoid", "tanh" or "softplus", or the function itself
+        (e.g. nnjax.activations.relu).
+      z: the pre-activation, any shape.
+      delta: dL/da, the same shape as z.
+
+    Returns:
+      dL/dz, the shape of z.
+    """
+    _, sigma_prime = get_activation(name, "activation_backward")
+    z = check_float_array("activation_backward", "z", z)
+    delta = jnp.asarray(delta)
+    check_same_shape("activation_backward", "z", z, "delta", delta)
+    return delta * sigma_prime(z)
+
+
+def softmax_backward(z, delta):
+    """dL/dz for s = softmax(z), without forming the Jacobian diag(s) - s s^T.
+
+    (diag(s) - s s^T)^T delta = s * delta - s (s . delta) = s * (delta - s . delta).
+
+    Args:
+      z: logits, shape (..., K); softmax over the last axis.
+      delta: dL/ds, the same shape.
+
+    Returns:
+      dL/dz, the shape of z.
+    """
+    z = check_float_array("softmax_backward", "z", z)
+    delta = jnp.asarray(delta)
+    check_same_shape("softmax_backward", "z", z, "delta", delta)
+    s = softmax(z)
+    return s * (delta - jnp.sum(s * delta, axis=-1, keepdims=True))
+
+
+def softmax_cross_entropy_backward(logits, y):
+    """dL/dz^[L] of L = -sum_k y_k log softmax(z^[L])_k: the chapter's a^[L] - y = y_hat - y.
+
+    Holds for targets y that sum to 1 (one-hot labels).
+
+    Args:
+      logits: z^[L], shape (..., K).
+      y: one-hot targets, the same shape.
+
+    Returns:
+      softmax(z^[L]) - y, the shape of logits.
+    """
+    logits = check_float_array("softmax_cross_entropy_backward", "logits", logits)
+    y = jnp.asarray(y)
+    check_same_shape("softmax_cross_entropy_backward", "logits", logits, "y", y)
+    return softmax(logits) - y
+
+
+def mse_backward(y_hat, y):
+    """dL/dy_hat of L = ||y - y_hat||^2 (nnjax.losses.mse): 2 (y_hat - y).
+
+    Args:
+      y_hat: the prediction, any shape.
+      y: the target, the same shape.
+
+    Returns:
+      2 (y_hat - y), the shape of y_hat.
+    """
+    y_hat = check_float_array("mse_backward", "y_hat", y_hat)
+    y = jnp.asarray(y)
+    check_same_shape("mse_backward", "y_hat", y_hat, "y", y)
+    return 2 * (y_hat - y)

@@ -1,2 +1,139 @@
-"""Placeholder until written."""
-__all__ = []
+"""Backpropagation through an MLP by the chapter's delta recursion ("Backpropagation Algorithm").
+
+With z^[l] = W^[l] a^[l-1] + b^[l], a^[l] = sigma(z^[l]) and delta^[l] = dL/dz^[l]:
+    delta^[L] = a^[L] - y                                  softmax output + cross-entropy
+    delta^[L] = 2 (z^[L] - y)                              linear output + squared error
+    delta^[l] = (W^[l+1])^T delta^[l+1] * sigma'(z^[l])    for l = L - 1, ..., 1
+    dL/dW^[l] = delta^[l] (a^[l-1])^T,   dL/db^[l] = delta^[l]
+
+`mlp_backward` follows these lines for one example. `mlp_grads` runs the same recursion on a
+whole batch at once: the rows of Delta^[l] (m, n_l) are the examples' delta^[l], and
+dL/dW^[l] = (Delta^[l])^T A^[l-1] / m sums the m outer products delta a^T in one matrix
+product, as the chapter's `backward` does with examples stored as columns.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+
+from nnjax._checks import check_choice, check_rank, check_shape
+from nnjax.activations import activation_name, get_activation, relu
+from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
+from nnjax.backprop.dense import dense_backward
+from nnjax.layers.dense import check_dense_stack, dense
+
+__all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_grads_mse"]
+
+LOSSES = {"softmax_cross_entropy": softmax_cross_entropy_backward, "mse": mse_backward}
+"""Output losses with a hand-derived delta^[L] = dL/dz^[L], as functions of (z^[L], y)."""
+
+
+def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "softmax_cross_entropy"):
+    """Gradients of one example's loss by the delta recursion, and every delta^[l].
+
+    Forward: a^[0] = x, z^[l] = W^[l] a^[l-1] + b^[l], a^[l] = sigma(z^[l]) (l < L).
+    Output: delta^[L] = softmax(z^[L]) - y for loss="softmax_cross_entropy" (L =
+    nnjax.losses.softmax_cross_entropy), or 2 (z^[L] - y) for loss="mse" on the linear
+    output (L = nnjax.losses.mse). Backward, for l = L - 1, ..., 1:
+    delta^[l] = (W^[l+1])^T delta^[l+1] * sigma'(z^[l]); dW^[l] = delta^[l] (a^[l-1])^T,
+    db^[l] = delta^[l].
+
+    Args:
+      params: list of L dense layers, as `nnjax.network.mlp_init` returns.
+      x: one input, shape (n_0,).
+      y: its target, shape (n_L,): one-hot for cross-entropy, any values for "mse".
+      activation: sigma of the hidden layers, one of nnjax.activations' elementwise functions
+        (or its name).
+      loss: "softmax_cross_entropy" or "mse".
+
+    Returns:
+      (grads, deltas): grads has params' structure ({"W", "b"} per layer); deltas =
+      [delta^[1], ..., delta^[L]], delta^[l] of shape (n_l,).
+    """
+    name = activation_name(activation, "mlp_backward")
+    sigma, _ = get_activation(name)
+    check_choice("mlp_backward", "loss", loss, LOSSES)
+    sizes = check_dense_stack("mlp_backward", params)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    check_shape("mlp_backward", "x", x, (sizes[0],), f" = (n_0,) to match params[0]['W'] of shape {params[0]['W'].shape}")
+    check_shape("mlp_backward", "y", y, (sizes[-1],), f" = (n_L,) to match params[-1]['W'] of shape {params[-1]['W'].shape}")
+
+    zs, activations = [], [x]
+    for l, layer in enumerate(params, start=1):
+        zs.append(dense(layer, activations[-1]))
+        if l < len(params):
+            activations.append(sigma(zs[-1]))
+
+    deltas = [LOSSES[loss](zs[-1], y)]
+    grads = []
+    for l in reversed(range(len(params))):
+        layer_grads, upstream = dense_backward(params[l], activations[l], deltas[0])
+        grads.insert(0, layer_grads)
+        if l > 0:
+            deltas.insert(0, activation_backward(name, zs[l - 1], upstream))
+    return grads, deltas
+
+
+def _batch_grads(fn: str, params, X, Y, activation, loss: str):
+    """Mean-over-batch gradients by the delta recursion on (m, n_l) matrices, one matmul per dW."""
+    sigma, sigma_prime = get_activation(activation, fn)
+    sizes = check_dense_stack(fn, params)
+    X, Y = jnp.asarray(X), jnp.asarray(Y)
+    check_rank(fn, "X", X, 2, "(m, n_0): one example per row")
+    check_shape(fn, "X", X, (None, sizes[0]), f" = (m, n_0) to match params[0]['W'] of shape {params[0]['W'].shape}")
+    check_shape(fn, "Y", Y, (X.shape[0], sizes[-1]), f" = (m, n_L) to match X of shape {X.shape} "
+                f"and params[-1]['W'] of shape {params[-1]['W'].shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{fn}: X must hold at least one example, got shape {X.shape}")
+
+    Zs, As = [], [X]
+    for l, layer in enumerate(params, start=1):
+        Zs.append(As[-1] @ layer["W"].T + layer["b"])
+        if l < len(params):
+            As.append(sigma(Zs[-1]))
+
+    Delta = LOSSES[loss](Zs[-1], Y) / X.shape[0]
+    grads = []
+    for l in reversed(range(len(params))):
+        grads.insert(0, {"W": Delta.T @ As[l], "b": jnp.sum(Delta, axis=0)})
+        if l > 0:
+            Delta = (Delta @ params[l]["W"]) * sigma_prime(Zs[l - 1])
+    return grads
+
+
+def mlp_grads(params, X, Y, activation: Callable | str = relu):
+    """Gradients of mean(softmax_cross_entropy(vmap(mlp_logits)(params, X), Y)) by hand.
+
+    The delta recursion on the whole batch, examples as rows: Delta^[L] = (softmax(Z^[L]) - Y) / m,
+    Delta^[l] = (Delta^[l+1] W^[l+1]) * sigma'(Z^[l]), dW^[l] = (Delta^[l])^T A^[l-1],
+    db^[l] = sum over rows of Delta^[l] (the 1/m of the mean rides along in Delta).
+
+    Args:
+      params: list of L dense layers, as `nnjax.network.mlp_init` returns.
+      X: a batch of inputs, shape (m, n_0).
+      Y: one-hot targets, shape (m, n_L).
+      activation: sigma of the hidden layers, one of nnjax.activations' elementwise functions
+        (or its name); any other callable raises ValueError (its derivative is not known by hand).
+
+    Returns:
+      grads with params' structure: a list of {"W": (n_l, n_(l-1)), "b": (n_l,)}.
+    """
+    return _batch_grads("mlp_grads", params, X, Y, activation, "softmax_cross_entropy")
+
+
+def mlp_grads_mse(params, X, Y, activation: Callable | str = relu):
+    """Gradients of mean(mse(vmap(mlp_logits)(params, X), Y)) for a regression net (linear output).
+
+    Delta^[L] = 2 (Z^[L] - Y) / m, then the same recursion as `mlp_grads`.
+
+    Args:
+      params: list of L dense layers.
+      X: inputs, shape (m, n_0).
+      Y: targets, shape (m, n_L).
+      activation: as for `mlp_grads`.
+
+    Returns:
+      grads with params' structure.
+    """
+    return _batch_grads("mlp_grads_mse", params, X, Y, activation, "mse")

@@ -1,2 +1,241 @@
-"""Placeholder until written."""
-__all__ = []
+"""Convolutional layer: conv2d, its im2col form, padding and output size.
+
+Chapter sections "Convolution Kernel", "Convolutional Layer" and "Stride and Padding". A
+layer with kernels K = W of shape (C_out, C_in, kh, kw) and bias b of shape (C_out,) maps one
+example I of shape (C_in, H, W) to
+
+    Output_{c_out, i, j} = sum_{c_in} (I_{c_in} * K_{c_out, c_in})_{i, j} + b_{c_out}
+    (I * K)_{i, j} = sum_m sum_n I_{i*s + m, j*s + n} K_{m, n}
+
+on the zero-padded input, with stride s. (Like every deep-learning library, and like the
+chapter, "convolution" here is a cross-correlation: the kernel is not flipped.) Each spatial
+axis has out_size = (in_size - kernel_size + 2 * padding) // stride + 1.
+
+`conv2d` runs on `jax.lax.conv_general_dilated` (fast); `conv2d_im2col` writes the same map as
+ONE matrix product, W reshaped to (C_out, C_in*kh*kw) times the matrix of input patches whose
+columns are the flattened receptive fields (`im2col`): the linear-algebra view of convolution.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from nnjax._checks import as_pair, check_choice, check_float_array, check_positive_int, check_rank, check_shape
+from nnjax.layers.dense import init_weights
+
+__all__ = [
+    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "check_conv_args", "conv2d_init", "conv2d",
+    "im2col", "conv2d_im2col",
+]
+
+PADDING_MODES = ("valid", "same")
+"""The named padding modes; an int or a pair (ph, pw) of symmetric zero padding is allowed too."""
+
+CONV_DIMENSIONS = ("NCHW", "OIHW", "NCHW")
+"""`lax.conv_general_dilated` layout: input (N, C, H, W), kernel (C_out, C_in, kh, kw)."""
+
+
+def conv_output_size(in_size, kernel_size, stride=1, padding=0) -> int:
+    """The chapter's output dimension formula for one spatial axis.
+
+    out_size = (in_size - kernel_size + 2 * padding) / stride + 1, rounded down (the last
+    window that does not fit is dropped).
+
+    Args:
+      in_size: input length along the axis (int >= 1).
+      kernel_size: kernel length (int >= 1).
+      stride: step between windows (int >= 1).
+      padding: zeros added on EACH side (int >= 0).
+
+    Returns:
+      The output length, an int >= 1.
+
+    Raises:
+      ValueError: if the kernel does not fit the padded input (result below 1), or an argument
+        is out of range; TypeError for non-int arguments.
+    """
+    fn = "conv_output_size"
+    in_size = check_positive_int(fn, "in_size", in_size)
+    kernel_size = check_positive_int(fn, "kernel_size", kernel_size)
+    stride = check_positive_int(fn, "stride", stride)
+    if isinstance(padding, bool) or not isinstance(padding, (int, jnp.integer)):
+        raise TypeError(f"{fn}: padding must be an int >= 0 (zeros on each side), got {padding!r}")
+    if padding < 0:
+        raise ValueError(f"{fn}: padding must be an int >= 0 (zeros on each side), got {padding}")
+    out = (in_size - kernel_size + 2 * padding) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"{fn}: kernel_size={kernel_size} does not fit in_size={in_size} with padding={padding} "
+            f"(padded size {in_size + 2 * padding}); out_size would be {out}, expected >= 1")
+    return out
+
+
+def conv_padding(in_hw, kernel_size, stride, padding, fn: str = "conv_padding") -> tuple[tuple[int, int], tuple[int, int]]:
+    """Resolves a padding setting to explicit zeros ((top, bottom), (left, right)).
+
+    "valid" adds none. "same" gives out = ceil(in / stride) per axis with total padding
+    max((out - 1) * stride + k - in, 0), the odd pixel at the bottom/right (as JAX's and
+    TensorFlow's "SAME"). An int p or a pair (ph, pw) pads symmetrically, as PyTorch's
+    `padding=`; ((top, bottom), (left, right)) is taken as it is. Shared by `conv2d`, `im2col`
+    and the hand-derived backward.
+
+    Args:
+      in_hw: input spatial size (H, W).
+      kernel_size: (kh, kw).
+      stride: (sh, sw).
+      padding: "valid" | "same" | int >= 0 | (ph, pw) | ((top, bottom), (left, right)).
+      fn: the public function asking, named in error messages.
+
+    Returns:
+      ((top, bottom), (left, right)).
+
+    Raises:
+      ValueError for an unknown string or a negative amount, TypeError for another type.
+    """
+    if isinstance(padding, str):
+        check_choice(fn, "padding", padding, PADDING_MODES)
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        totals = [max((math.ceil(n / s) - 1) * s + k - n, 0) for n, k, s in zip(in_hw, kernel_size, stride)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    if not isinstance(padding, (int, jnp.integer, tuple, list)) or isinstance(padding, bool):
+        raise TypeError(
+            f"{fn}: padding must be one of {list(PADDING_MODES)}, an int >= 0 or a pair (ph, pw), "
+            f"got {padding!r} of type {type(padding).__name__}")
+    if isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
+        if len(padding) != 2:
+            raise TypeError(f"{fn}: explicit padding must be ((top, bottom), (left, right)), got {padding!r}")
+        return tuple(as_pair(fn, "padding", p, minimum=0) for p in padding)
+    ph, pw = as_pair(fn, "padding", padding, minimum=0)
+    return (ph, ph), (pw, pw)
+
+
+def conv2d_init(key, c_in, c_out, kernel_size, init="he") -> dict:
+    """Kernels and biases of a conv layer.
+
+    Args:
+      key: a `jax.random` key.
+      c_in: input channels C_in.
+      c_out: output channels C_out (the number of kernels).
+      kernel_size: int k or pair (kh, kw).
+      init: "he" | "xavier" | "lecun" | "zeros", as `dense_init`, with fan_in = C_in*kh*kw
+        and fan_out = C_out*kh*kw.
+
+    Returns:
+      {"W": (C_out, C_in, kh, kw), "b": (C_out,) zeros}; c_out*c_in*kh*kw + c_out parameters.
+    """
+    fn = "conv2d_init"
+    c_in = check_positive_int(fn, "c_in", c_in)
+    c_out = check_positive_int(fn, "c_out", c_out)
+    kh, kw = as_pair(fn, "kernel_size", kernel_size)
+    W = init_weights(key, (c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, init)
+    return {"W": W, "b": jnp.zeros((c_out,), W.dtype)}
+
+
+def conv_output_shape(in_hw, kernel_size, stride, pads) -> tuple[int, int]:
+    """(H', W') of a convolution or pooling window: (n + top + bottom - k) // s + 1 per axis."""
+    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel_size, stride, pads))
+
+
+def _check_kernel_fits(fn: str, in_hw, kernel_size, pads) -> None:
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    if padded[0] < kernel_size[0] or padded[1] < kernel_size[1]:
+        raise ValueError(
+            f"{fn}: kernel {tuple(kernel_size)} is larger than the padded input {padded} "
+            f"(x spatial size {tuple(in_hw)} with padding {pads}); no output position fits")
+
+
+def check_conv_args(fn: str, params, x, stride, padding):
+    """Checks a conv call and resolves its settings; shared with the backward passes.
+
+    Returns:
+      (W, b, x, (sh, sw), ((top, bottom), (left, right))), with x and W cast to one float dtype.
+
+    Raises:
+      AssertionError (chex) for wrong ranks, a channel mismatch or a bias of the wrong shape;
+      ValueError/TypeError for bad stride or padding, or a kernel larger than the padded input.
+    """
+    x = check_float_array(fn, "x", x)
+    W, b = jnp.asarray(params["W"]), jnp.asarray(params["b"])
+    check_rank(fn, "W", W, 4, "(C_out, C_in, kh, kw)")
+    check_rank(fn, "x", x, 3, "one example (C, H, W); batch with jax.vmap")
+    c_out, c_in, kh, kw = W.shape
+    check_shape(fn, "x", x, (c_in, None, None),
+                f" = (C_in, H, W): its C = {x.shape[0]} channels must equal C_in = {c_in} of W {W.shape}")
+    check_shape(fn, "b", b, (c_out,), f" = (C_out,) to match W of shape {W.shape}")
+    stride = as_pair(fn, "stride", stride)
+    pads = conv_padding(x.shape[1:], (kh, kw), stride, padding, fn)
+    _check_kernel_fits(fn, x.shape[1:], (kh, kw), pads)
+    dtype = jnp.result_type(x, W)
+    return W.astype(dtype), b.astype(dtype), x.astype(dtype), stride, pads
+
+
+def conv2d(params, x, stride=1, padding="valid"):
+    """Forward pass of a convolutional layer on ONE example.
+
+    Output_{c_out, i, j} = sum_{c_in} sum_m sum_n I_{c_in, i*s+m, j*s+n} K_{c_out, c_in, m, n}
+                           + b_{c_out}, on the zero-padded input I.
+
+    Args:
+      params: {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
+      x: (C_in, H, W).
+      stride: int or (sh, sw).
+      padding: "valid" | "same" | int | (ph, pw); see `conv_padding`.
+
+    Returns:
+      (C_out, H', W') with H' = (H + top + bottom - kh) // sh + 1, likewise W'.
+    """
+    W, b, x, stride, pads = check_conv_args("conv2d", params, x, stride, padding)
+    z = lax.conv_general_dilated(x[None], W, window_strides=stride, padding=pads,
+                                 dimension_numbers=CONV_DIMENSIONS)[0]
+    return z + b[:, None, None]
+
+
+def _check_im2col_args(fn: str, x, kernel_size, stride, padding):
+    x = check_float_array(fn, "x", x)
+    check_rank(fn, "x", x, 3, "one example (C, H, W)")
+    kernel = as_pair(fn, "kernel_size", kernel_size)
+    stride = as_pair(fn, "stride", stride)
+    pads = conv_padding(x.shape[1:], kernel, stride, padding, fn)
+    _check_kernel_fits(fn, x.shape[1:], kernel, pads)
+    return x, kernel, stride, pads
+
+
+def im2col(x, kernel_size, stride=1, padding="valid"):
+    """The input's receptive fields as the columns of one matrix.
+
+    Column (i, j) holds the patch I_{c, i*s+m, j*s+n} under output position (i, j), flattened
+    in (c, m, n) order, the order of W.reshape(C_out, C_in*kh*kw); so a convolution is the
+    matrix product W_mat @ im2col(x).
+
+    Args:
+      x: (C, H, W).
+      kernel_size: int or (kh, kw).
+      stride: int or (sh, sw).
+      padding: "valid" | "same" | int | (ph, pw).
+
+    Returns:
+      (C*kh*kw, H'*W'), column index i*W' + j.
+    """
+    x, (kh, kw), (sh, sw), pads = _check_im2col_args("im2col", x, kernel_size, stride, padding)
+    xp = jnp.pad(x, ((0, 0),) + pads)
+    out_h, out_w = conv_output_shape(x.shape[1:], (kh, kw), (sh, sw), pads)
+    shifted = [xp[:, m:m + sh * (out_h - 1) + 1:sh, n:n + sw * (out_w - 1) + 1:sw]
+               for m in range(kh) for n in range(kw)]
+    patches = jnp.stack(shifted, axis=1)
+    return patches.reshape(x.shape[0] * kh * kw, out_h * out_w)
+
+
+def conv2d_im2col(params, x, stride=1, padding="valid"):
+    """`conv2d` as ONE matrix product over extracted patches.
+
+    Z = W_mat @ im2col(x) + b, with W_mat = W.reshape(C_out, C_in*kh*kw) and Z reshaped to
+    (C_out, H', W'). Same arguments and result as `conv2d`.
+    """
+    W, b, x, stride, pads = check_conv_args("conv2d_im2col", params, x, stride, padding)
+    c_out, _, kh, kw = W.shape
+    columns = im2col(x, (kh, kw), stride, pads)
+    z = W.reshape(c_out, -1) @ columns + b[:, None]
+    return z.reshape(c_out, *conv_output_shape(x.shape[1:], (kh, kw), stride, pads))

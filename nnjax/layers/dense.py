@@ -1,2 +1,142 @@
-"""Placeholder until written."""
-__all__ = []
+"""The dense (fully connected) layer and weight initialization ("Weight Matrix and Bias Vector").
+
+A layer with n_in inputs and n_out outputs holds W in R^(n_out x n_in) (row i: the weights
+of output neuron i) and b in R^(n_out), and computes z = W x + b for one example x.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from nnjax._checks import check_choice, check_positive_int, check_rank, check_shape
+
+__all__ = ["INITS", "init_variance", "init_weights", "dense_init", "dense"]
+
+INITS = ("he", "xavier", "lecun", "zeros")
+"""Names of the weight initializations; see `init_variance`."""
+
+
+def init_variance(init: str, fan_in: int, fan_out: int) -> float:
+    """The variance of each initial weight for the scheme `init`.
+
+    - "he": 2 / fan_in (He et al. 2015, for ReLU).
+    - "xavier": 2 / (fan_in + fan_out) (Glorot and Bengio 2010).
+    - "lecun": 1 / fan_in.
+    - "zeros": 0.
+
+    Raises:
+      ValueError: unknown `init` (listing the allowed ones) or non-positive fans.
+    """
+    check_choice("init_variance", "init", init, INITS)
+    fan_in = check_positive_int("init_variance", "fan_in", fan_in)
+    fan_out = check_positive_int("init_variance", "fan_out", fan_out)
+    return {"he": 2 / fan_in, "xavier": 2 / (fan_in + fan_out), "lecun": 1 / fan_in, "zeros": 0.0}[init]
+
+
+def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=jnp.float32):
+    """Draws a weight tensor from N(0, init_variance(init, fan_in, fan_out)).
+
+    Shared by every layer with weights: for a dense layer fan_in = n_in, fan_out = n_out; for
+    a convolution with W of shape (C_out, C_in, kh, kw), fan_in = C_in kh kw and
+    fan_out = C_out kh kw.
+
+    Args:
+      key: a jax.random key.
+      shape: the weight tensor's shape.
+      fan_in, fan_out: positive ints, as above.
+      init: one of "he", "xavier", "lecun", "zeros".
+      dtype: floating dtype of the result.
+
+    Returns:
+      An array of `shape` and `dtype`.
+    """
+    variance = init_variance(init, fan_in, fan_out)
+    if init == "zeros":
+        return jnp.zeros(shape, dtype)
+    return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
+
+
+def dense_init(key, n_in: int, n_out: int, init: str = "he", dtype=jnp.float32):
+    """Parameters of a dense layer: W ~ N(0, variance) of shape (n_out, n_in), b = 0.
+
+    `init` picks the variance: "he" 2 / n_in, "xavier" 2 / (n_in + n_out), "lecun" 1 / n_in,
+    "zeros" 0. The chapter's NeuralNetwork code is commented "# Xavier initialization" but
+    draws `np.random.randn(n_out, n_in) * np.sqrt(2.0 / n_in)`, which is He's scheme; the
+    default here, "he", is what that code does.
+
+    Args:
+      key: a jax.random key.
+      n_in: number of inputs (positive int).
+      n_out: number of outputs (positive int).
+      init: one of "he", "xavier", "lecun", "zeros".
+      dtype: floating dtype of W and b.
+
+    Returns:
+      {"W": (n_out, n_in), "b": (n_out,)}.
+    """
+    n_in = check_positive_int("dense_init", "n_in", n_in)
+    n_out = check_positive_int("dense_init", "n_out", n_out)
+    check_choice("dense_init", "init", init, INITS)
+    return {"W": init_weights(key, (n_out, n_in), n_in, n_out, init, dtype),
+            "b": jnp.zeros((n_out,), dtype)}
+
+
+def check_dense_params(fn: str, params, name: str = "params") -> tuple[int, int]:
+    """Checks that `params` is {"W": (n_out, n_in), "b": (n_out,)}; returns (n_out, n_in).
+
+    Raises:
+      TypeError: `params` is not a dict with exactly the keys "W" and "b".
+      AssertionError: (chex) W is not a matrix or b does not match W's rows.
+    """
+    if not isinstance(params, dict) or set(params) != {"W", "b"}:
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise TypeError(f"{fn}: {name} must be a dict with keys ['W', 'b'], got {keys}")
+    W, b = params["W"], params["b"]
+    check_rank(fn, f"{name}['W']", W, 2, "(n_out, n_in)")
+    check_shape(fn, f"{name}['b']", b, (W.shape[0],), f" = (n_out,) to match W of shape {W.shape}")
+    return W.shape
+
+
+def check_dense_stack(fn: str, params) -> list[int]:
+    """Checks a network's params, a list of dense layers whose sizes chain; returns the sizes.
+
+    Layer l (counting from 0) must be {"W": (n_(l+1), n_l), "b": (n_(l+1),)}, so that
+    z^[l+1] = W^[l+1] a^[l] + b^[l+1] takes the previous layer's output.
+
+    Returns:
+      sizes [n_0, n_1, ..., n_L].
+
+    Raises:
+      TypeError: `params` is not a non-empty list (or tuple) of {"W", "b"} dicts.
+      AssertionError: (chex) a W or b of the wrong rank or size.
+    """
+    if not isinstance(params, (list, tuple)) or not params:
+        raise TypeError(f"{fn}: params must be a non-empty list of {{'W', 'b'}} dicts, one per layer "
+                        f"(as mlp_init returns), got {type(params).__name__} {params!r:.60}")
+    n_out, n_in = check_dense_params(fn, params[0], "params[0]")
+    sizes = [n_in, n_out]
+    for l, layer in enumerate(params[1:], start=1):
+        check_dense_params(fn, layer, f"params[{l}]")
+        W = layer["W"]
+        check_shape(fn, f"params[{l}]['W']", W, (None, sizes[-1]),
+                    f" to take the {sizes[-1]} outputs of params[{l - 1}]")
+        sizes.append(W.shape[0])
+    return sizes
+
+
+def dense(params, x):
+    """One dense layer on one example: z = W x + b.
+
+    Args:
+      params: {"W": (n_out, n_in), "b": (n_out,)}.
+      x: one input, shape (n_in,).
+
+    Returns:
+      z, shape (n_out,).
+    """
+    check_dense_params("dense", params)
+    W, b, x = params["W"], params["b"], jnp.asarray(x)
+    check_shape("dense", "x", x, (W.shape[1],), f" = (n_in,) to match W of shape {W.shape}")
+    return W @ x + b

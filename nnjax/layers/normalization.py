@@ -1,2 +1,299 @@
-"""Placeholder until written."""
-__all__ = []
+"""Batch, layer, instance and group normalization.
+
+Chapter section "Normalization Techniques". Each technique standardizes values over a set of
+axes and then rescales them with learnable gamma and beta:
+
+    mu      = mean of x over the axes
+    sigma^2 = mean of (x - mu)^2 over the axes              (biased variance)
+    x_hat   = (x - mu) / sqrt(sigma^2 + epsilon)
+    y       = gamma * x_hat + beta
+
+They differ only in the axes (the chapter's table):
+
+    batch norm      the batch (a named `jax.vmap`/`pmap` axis), and H, W for images
+    layer norm      every axis of one example (the chapter's mu_l, sigma_l^2 over d features)
+    instance norm   H, W of each channel
+    group norm      H, W and the channels of each group of C / G channels
+
+so all four share one helper, `_standardize`, that takes the local axes of the example and an
+optional named axis. Every function maps ONE example; batch norm reaches the rest of the batch
+through the named axis, which makes the same code synchronized batch norm across devices
+under `pmap` or `shard_map`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from nnjax._checks import check_float_array, check_positive_int, check_rank, check_shape
+
+__all__ = [
+    "batch_norm_init", "batch_norm", "layer_norm_init", "layer_norm",
+    "instance_norm_init", "instance_norm", "group_norm_init", "group_norm",
+]
+
+
+def _check_eps(fn: str, eps) -> float:
+    """Returns eps as a float, or raises ValueError/TypeError unless it is a number > 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{fn}: eps must be a positive float, got {eps!r} of type {type(eps).__name__}")
+    if not eps > 0:
+        raise ValueError(f"{fn}: eps must be > 0 (it keeps sqrt(sigma^2 + eps) away from 0), got {eps}")
+    return float(eps)
+
+
+def _check_params(fn: str, params, expected_shape, because: str) -> None:
+    """Checks that `params` is a dict with "gamma" and "beta" of shape `expected_shape`."""
+    if not isinstance(params, dict) or not {"gamma", "beta"} <= params.keys():
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise TypeError(f'{fn}: params must be a dict with keys "gamma" and "beta", got {keys}')
+    check_shape(fn, 'params["gamma"]', params["gamma"], expected_shape, because)
+    check_shape(fn, 'params["beta"]', params["beta"], expected_shape, because)
+
+
+def _per_channel(v, x):
+    """Reshapes a per-channel vector (C,) to broadcast against x of shape (C,) or (C, H, W)."""
+    return v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+def _mean(x, axes, axis_name):
+    """Mean over the local `axes` of one example and, if given, across the named axis `axis_name`."""
+    m = jnp.mean(x, axis=axes, keepdims=True)
+    return m if axis_name is None else jax.lax.pmean(m, axis_name)
+
+
+def _standardize(x, axes, axis_name, eps):
+    """The shared forward: x_hat = (x - mu) / sqrt(sigma^2 + eps) over `axes` (and `axis_name`).
+
+    Args:
+      x: one example.
+      axes: tuple of x's axes to average over (may be empty when only the named axis counts).
+      axis_name: a `vmap`/`pmap` axis name to average across as well, or None.
+      eps: epsilon.
+
+    Returns:
+      (x_hat, mu, sigma^2), mu and sigma^2 with keepdims over `axes`.
+    """
+    mu = _mean(x, axes, axis_name)
+    var = _mean(jnp.square(x - mu), axes, axis_name)
+    return (x - mu) * jax.lax.rsqrt(var + eps), mu, var
+
+
+def _batch_count(fn: str, axis_name) -> int:
+    """The number of examples along the named axis; a clear error outside vmap/pmap/shard_map."""
+    try:
+        return jax.lax.psum(1, axis_name)
+    except NameError as err:
+        raise NameError(
+            f"{fn}: train=True needs the batch axis {axis_name!r} but it is not bound: batch norm "
+            f"maps one example and reads the batch statistics across that axis. Wrap the call in "
+            f"jax.vmap(..., axis_name={axis_name!r}) (or pmap/shard_map with that axis name), or "
+            f"pass train=False to use the running statistics"
+        ) from err
+
+
+def _check_batch_norm_input(fn: str, params, x):
+    """Checks x is one example (F,) or (C, H, W) and gamma, beta are (F,) / (C,) to match."""
+    x = check_float_array(fn, "x", x)
+    if x.ndim not in (1, 3):
+        raise ValueError(f"{fn}: x has shape {x.shape} (rank {x.ndim}), expected one example of "
+                         f"shape (F,) or (C, H, W); batch it with jax.vmap")
+    _check_params(fn, params, (x.shape[0],), f" = (x.shape[0],) to match x of shape {x.shape}")
+    return x
+
+
+def batch_norm_init(num_features):
+    """Parameters and running statistics of a batch-norm layer.
+
+    Args:
+      num_features: F for inputs (F,), or C for images (C, H, W).
+
+    Returns:
+      (params, state): params {"gamma": ones (F,), "beta": zeros (F,)}, so the layer starts as
+      the plain standardization; state {"mean": zeros (F,), "var": ones (F,)}, the running
+      statistics used at inference.
+    """
+    f = check_positive_int("batch_norm_init", "num_features", num_features)
+    return ({"gamma": jnp.ones((f,)), "beta": jnp.zeros((f,))},
+            {"mean": jnp.zeros((f,)), "var": jnp.ones((f,))})
+
+
+def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=1e-5):
+    """Batch normalization of one example, with the statistics of its mini-batch.
+
+    For a mini-batch {x_i}_{i=1}^m, per feature (per channel for images, where the m values are
+    every pixel of every example):
+
+        mu_B      = 1/m sum_i x_i
+        sigma_B^2 = 1/m sum_i (x_i - mu_B)^2
+        x_hat_i   = (x_i - mu_B) / sqrt(sigma_B^2 + epsilon)
+        y_i       = gamma x_hat_i + beta
+
+    With train=True the batch is the named axis `axis_name`: call this under
+    `jax.vmap(..., axis_name=axis_name)` (or `pmap`/`shard_map`, where the statistics are then
+    synchronized across devices). The running statistics move towards the batch's:
+    `mean <- momentum * mean + (1 - momentum) * mu_B` and
+    `var <- momentum * var + (1 - momentum) * sigma_B^2 * m / (m - 1)` (the unbiased variance;
+    note PyTorch's `momentum` is our 1 - momentum). With train=False it uses the running
+    statistics in place of mu_B and sigma_B^2, needs no named axis, and returns `state` as is.
+
+    Args:
+      params: {"gamma": (F,), "beta": (F,)}.
+      state: {"mean": (F,), "var": (F,)} running statistics.
+      x: one example, (F,) or (C, H, W) with F = C.
+      train: use batch statistics (True) or the running ones (False).
+      axis_name: the batch axis name of the enclosing vmap/pmap (train=True only).
+      momentum: weight of the old running statistics, in [0, 1].
+      eps: epsilon > 0.
+
+    Returns:
+      (y, new_state): y of x's shape; new_state like `state`. Under vmap, new_state is the same
+      for every example, so `out_axes=(0, None)` returns it once.
+
+    Raises:
+      NameError: train=True outside a vmap/pmap/shard_map binding `axis_name`.
+      ValueError: train=True with a single value per feature (m = 1: no variance).
+    """
+    fn = "batch_norm"
+    x = _check_batch_norm_input(fn, params, x)
+    check_shape(fn, 'state["mean"]', state["mean"], (x.shape[0],), f" to match x of shape {x.shape}")
+    check_shape(fn, 'state["var"]', state["var"], (x.shape[0],), f" to match x of shape {x.shape}")
+    if not isinstance(train, bool):
+        raise TypeError(f"{fn}: train must be True or False, got {train!r}")
+    if isinstance(momentum, (int, float)) and not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
+    eps = _check_eps(fn, eps)
+    gamma, beta = _per_channel(params["gamma"], x), _per_channel(params["beta"], x)
+    if not train:
+        mean, var = _per_channel(state["mean"], x), _per_channel(state["var"], x)
+        return gamma * (x - mean) * jax.lax.rsqrt(var + eps) + beta, state
+    spatial = tuple(range(1, x.ndim))
+    m = _batch_count(fn, axis_name) * (x.size // x.shape[0])
+    if isinstance(m, int) and m < 2:
+        raise ValueError(f"{fn}: train=True needs more than one value per feature to estimate a "
+                         f"variance, got a batch of {m} for x of shape {x.shape}")
+    x_hat, mu, var = _standardize(x, spatial, axis_name, eps)
+    new_state = {
+        "mean": momentum * state["mean"] + (1 - momentum) * mu.reshape(-1),
+        "var": momentum * state["var"] + (1 - momentum) * var.reshape(-1) * (m / (m - 1)),
+    }
+    return gamma * x_hat + beta, new_state
+
+
+def layer_norm_init(shape):
+    """Parameters of a layer-norm layer for examples of `shape` (an int or a tuple of ints).
+
+    Returns:
+      {"gamma": ones(shape), "beta": zeros(shape)}.
+    """
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    for i, d in enumerate(dims):
+        check_positive_int("layer_norm_init", f"shape[{i}]", d)
+    return {"gamma": jnp.ones(dims), "beta": jnp.zeros(dims)}
+
+
+def layer_norm(params, x, eps=1e-5):
+    """Layer normalization: statistics over every value of ONE example.
+
+        mu_l      = 1/d sum_j x_j
+        sigma_l^2 = 1/d sum_j (x_j - mu_l)^2
+        y         = gamma * (x - mu_l) / sqrt(sigma_l^2 + epsilon) + beta
+
+    The same in training and inference, and it works with batch size 1.
+
+    Args:
+      params: {"gamma", "beta"}, each of x's shape.
+      x: one example, any shape (d = x.size values).
+      eps: epsilon > 0.
+
+    Returns:
+      y of x's shape.
+    """
+    fn = "layer_norm"
+    x = check_float_array(fn, "x", x)
+    _check_params(fn, params, x.shape, " = x.shape (layer norm scales every value)")
+    x_hat, _, _ = _standardize(x, tuple(range(x.ndim)), None, _check_eps(fn, eps))
+    return params["gamma"] * x_hat + params["beta"]
+
+
+def _check_image(fn: str, params, x):
+    """Checks x is one image (C, H, W) and gamma, beta are (C,)."""
+    x = check_float_array(fn, "x", x)
+    check_rank(fn, "x", x, 3, "(C, H, W), one example")
+    _check_params(fn, params, (x.shape[0],), f" = (C,) to match x of shape {x.shape}")
+    return x
+
+
+def _group_norm(params, x, num_groups, eps):
+    """Group norm on a checked image: standardize each group of C / G channels over (c, H, W)."""
+    c, h, w = x.shape
+    grouped = x.reshape(num_groups, c // num_groups, h, w)
+    x_hat, _, _ = _standardize(grouped, (1, 2, 3), None, eps)
+    return _per_channel(params["gamma"], x) * x_hat.reshape(x.shape) + _per_channel(params["beta"], x)
+
+
+def instance_norm_init(num_channels):
+    """Parameters of instance norm: {"gamma": ones (C,), "beta": zeros (C,)}."""
+    c = check_positive_int("instance_norm_init", "num_channels", num_channels)
+    return {"gamma": jnp.ones((c,)), "beta": jnp.zeros((c,))}
+
+
+def instance_norm(params, x, eps=1e-5):
+    """Instance normalization: each channel of one image standardized over its H x W pixels.
+
+        mu_c      = 1/(HW) sum_{h,w} x_{c,h,w}
+        sigma_c^2 = 1/(HW) sum_{h,w} (x_{c,h,w} - mu_c)^2
+        y_c       = gamma_c (x_c - mu_c) / sqrt(sigma_c^2 + epsilon) + beta_c
+
+    It is group norm with one channel per group.
+
+    Args:
+      params: {"gamma": (C,), "beta": (C,)}.
+      x: one image (C, H, W).
+      eps: epsilon > 0.
+
+    Returns:
+      y of shape (C, H, W).
+    """
+    x = _check_image("instance_norm", params, x)
+    return _group_norm(params, x, x.shape[0], _check_eps("instance_norm", eps))
+
+
+def group_norm_init(num_channels):
+    """Parameters of group norm: {"gamma": ones (C,), "beta": zeros (C,)}."""
+    c = check_positive_int("group_norm_init", "num_channels", num_channels)
+    return {"gamma": jnp.ones((c,)), "beta": jnp.zeros((c,))}
+
+
+def _check_groups(fn: str, num_groups, num_channels: int) -> int:
+    """Returns num_groups, or raises unless it is a positive int dividing the channel count."""
+    g = check_positive_int(fn, "num_groups", num_groups)
+    if num_channels % g:
+        raise ValueError(f"{fn}: num_groups={g} does not divide the {num_channels} channels of x; "
+                         f"expected a divisor of {num_channels}")
+    return g
+
+
+def group_norm(params, x, num_groups, eps=1e-5):
+    """Group normalization: channels split into G groups, each standardized over (C / G, H, W).
+
+    For group g holding channels c in g and its pixels (h, w), with n = (C / G) H W values:
+
+        mu_g      = 1/n sum_{c in g, h, w} x_{c,h,w}
+        sigma_g^2 = 1/n sum_{c in g, h, w} (x_{c,h,w} - mu_g)^2
+        y_c       = gamma_c (x_c - mu_g) / sqrt(sigma_g^2 + epsilon) + beta_c
+
+    G = 1 normalizes the whole image (layer norm with per-channel gamma), G = C is instance norm.
+
+    Args:
+      params: {"gamma": (C,), "beta": (C,)}.
+      x: one image (C, H, W).
+      num_groups: G, a divisor of C.
+      eps: epsilon > 0.
+
+    Returns:
+      y of shape (C, H, W).
+    """
+    x = _check_image("group_norm", params, x)
+    g = _check_groups("group_norm", num_groups, x.shape[0])
+    return _group_norm(params, x, g, _check_eps("group_norm", eps))

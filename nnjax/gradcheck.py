@@ -1,0 +1,613 @@
+"""Gradient checking: hand-derived gradients against autodiff and finite differences.
+
+Three tools and one command:
+
+- `compare(grads_a, grads_b)` measures, leaf by leaf, how far two gradient pytrees are
+  apart and prints as a table that names each leaf by its place in the network
+  (``layer 1 / W`` is the chapter's W^[1], ``params[0]["W"]``).
+- `numerical_grad(f, params)` is the definition of the derivative, evaluated:
+  dL/dtheta_i ~ (L(theta + eps e_i) - L(theta - eps e_i)) / (2 eps).
+- `check(loss_fn, manual_grad_fn, params, *args)` compares a hand-derived gradient with
+  `jax.grad(loss_fn)`.
+- ``python -m nnjax.gradcheck`` runs every hand-derived backward pass in `nnjax.backprop`
+  against `jax.vjp` and against central differences, in float64, and prints one table.
+
+Example:
+
+    >>> with jax.enable_x64(True):
+    ...     report = check(loss_fn, manual_grads, params, X, Y)
+    >>> print(report)
+    leaf         shape     max abs err  max rel err  status
+    layer 1 / W  (8, 4)    2.2e-16      1.1e-15      ok
+    ...
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import DictKey, GetAttrKey, SequenceKey
+
+from nnjax import activations, backprop, layers, losses, network
+
+__all__ = ["LeafReport", "GradCheckReport", "leaf_names", "compare", "numerical_grad", "check",
+           "Case", "CaseResult", "CASES", "run_case", "main"]
+
+
+# ---------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LeafReport:
+    """How far two gradients are apart on one leaf of the parameter pytree.
+
+    Attributes:
+      name: the leaf's place in the tree, e.g. ``"layer 1 / W"``.
+      shape: the leaf's shape.
+      max_abs_err: max_i |a_i - b_i|.
+      max_rel_err: max_i |a_i - b_i| / max(|a_i|, |b_i|, tiny): symmetric, 0 where both are 0,
+        and up to 2 where one side is 0 (so it flags sign errors and missing terms even for
+        tiny values; judge near-zero entries by `max_abs_err`).
+      passed: |a_i - b_i| <= atol + rtol |b_i| for every i (NumPy's `allclose` rule, with
+        `b` the reference); False if any entry is NaN.
+    """
+    name: str
+    shape: tuple
+    max_abs_err: float
+    max_rel_err: float
+    passed: bool
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, a rule under the headers."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), line("-" * w for w in widths), *map(line, rows)])
+
+
+def _err(value: float) -> str:
+    return f"{value:.1e}"
+
+
+@dataclass(frozen=True)
+class GradCheckReport:
+    """The result of `compare`: one `LeafReport` per leaf, and whether all passed.
+
+    `str(report)` is an aligned table (leaf, shape, max abs err, max rel err, ok/FAIL) with
+    a summary line.
+    """
+    rows: tuple[LeafReport, ...]
+    passed: bool
+    rtol: float = 1e-5
+    atol: float = 1e-7
+
+    def __str__(self) -> str:
+        table = _table(
+            ["leaf", "shape", "max abs err", "max rel err", "status"],
+            [[r.name, str(r.shape), _err(r.max_abs_err), _err(r.max_rel_err),
+              "ok" if r.passed else "FAIL"] for r in self.rows],
+        )
+        failed = [r.name for r in self.rows if not r.passed]
+        tolerance = f"|a - b| <= {self.atol:g} + {self.rtol:g} |b|"
+        summary = (f"all {len(self.rows)} leaves agree ({tolerance})" if not failed else
+                   f"FAIL: {len(failed)} of {len(self.rows)} leaves disagree ({tolerance}): "
+                   + ", ".join(failed))
+        return f"{table}\n{summary}"
+
+
+# ---------------------------------------------------------------------------------------
+# Leaf names
+# ---------------------------------------------------------------------------------------
+
+def _key_name(node, key) -> str:
+    """One step of a tree path as text: list index i -> 'layer {i+1}', dict key as is."""
+    if isinstance(key, SequenceKey):
+        return f"layer {key.idx + 1}" if isinstance(node, list) else f"[{key.idx}]"
+    if isinstance(key, DictKey):
+        return str(key.key)
+    if isinstance(key, GetAttrKey):
+        return key.name
+    return str(key)
+
+
+def _child(node, key):
+    if isinstance(key, SequenceKey):
+        return node[key.idx]
+    if isinstance(key, DictKey):
+        return node[key.key]
+    if isinstance(key, GetAttrKey):
+        return getattr(node, key.name)
+    return None
+
+
+def leaf_names(tree) -> list[str]:
+    """The names of `tree`'s leaves, in `jax.tree_util.tree_leaves` order.
+
+    A list index i becomes ``layer {i+1}`` (a network is a list of layer params, and the
+    chapter counts layers from 1), a tuple index ``[i]``, a dict key or attribute itself,
+    joined with `` / ``: ``[{"W": ., "b": .}]`` -> ``["layer 1 / W", "layer 1 / b"]``. A
+    bare array is named ``value``.
+    """
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        node, parts = tree, []
+        for key in path:
+            parts.append(_key_name(node, key))
+            node = _child(node, key)
+        names.append(" / ".join(parts) or "value")
+    return names
+
+
+# ---------------------------------------------------------------------------------------
+# compare, numerical_grad, check
+# ---------------------------------------------------------------------------------------
+
+def _leaf_report(name: str, a, b, rtol: float, atol: float) -> LeafReport:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"compare: leaf {name!r} has shape {a.shape} in grads_a but "
+                         f"{b.shape} in grads_b")
+    diff = np.abs(a - b)
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), np.finfo(np.float64).tiny)
+    return LeafReport(
+        name=name,
+        shape=a.shape,
+        max_abs_err=float(diff.max(initial=0.0)),
+        max_rel_err=float((diff / scale).max(initial=0.0)),
+        passed=bool(np.all(diff <= atol + rtol * np.abs(b))),
+    )
+
+
+def compare(grads_a, grads_b, *, rtol: float = 1e-5, atol: float = 1e-7) -> GradCheckReport:
+    """Compares two gradient pytrees leaf by leaf.
+
+    Args:
+      grads_a: gradients to check (e.g. hand-derived), any pytree of arrays.
+      grads_b: the reference (e.g. `jax.grad`), the same structure and shapes.
+      rtol, atol: a leaf passes when |a - b| <= atol + rtol |b| everywhere.
+
+    Returns:
+      A `GradCheckReport`; `print` it for the table.
+
+    Raises:
+      ValueError: when the trees differ in structure (naming the leaves found in only one
+        of them) or a leaf differs in shape (naming the leaf).
+    """
+    names_a, names_b = leaf_names(grads_a), leaf_names(grads_b)
+    tree_a, tree_b = jax.tree_util.tree_structure(grads_a), jax.tree_util.tree_structure(grads_b)
+    if tree_a != tree_b:
+        only_a = [n for n in names_a if n not in names_b]
+        only_b = [n for n in names_b if n not in names_a]
+        detail = (f"only in grads_a: {only_a}; only in grads_b: {only_b}" if only_a or only_b
+                  else f"same leaf names {names_a} but different containers: {tree_a} vs {tree_b}")
+        raise ValueError(f"compare: grads_a and grads_b have different tree structures; {detail}")
+    rows = tuple(_leaf_report(name, a, b, rtol, atol) for name, a, b in
+                 zip(names_a, jax.tree_util.tree_leaves(grads_a), jax.tree_util.tree_leaves(grads_b)))
+    return GradCheckReport(rows=rows, passed=all(r.passed for r in rows), rtol=rtol, atol=atol)
+
+
+def numerical_grad(f: Callable, params, eps: float = 1e-6, *, chunk_elements: int = 2 ** 20):
+    """Central differences of a scalar function for every entry of a pytree.
+
+    dL/dtheta_i ~ (f(theta + eps e_i) - f(theta - eps e_i)) / (2 eps), with an error of
+    order eps^2 from the Taylor series plus rounding of order u |f| / eps (u the unit
+    roundoff). In float32 (u ~ 6e-8) no eps makes both small, so use float64 (u ~ 1e-16),
+    where eps = 1e-6 leaves errors near 1e-10:
+
+        with jax.enable_x64(True):
+            params64 = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
+            grads = numerical_grad(loss, params64)
+
+    The perturbation directions e_i of each leaf are evaluated with `jax.vmap`, in chunks
+    (`jax.lax.map` with a batch size) so that about `chunk_elements` parameter values are in
+    flight at once; everything is compiled once per call.
+
+    Args:
+      f: params -> scalar, traceable by JAX.
+      params: a pytree of floating-point arrays.
+      eps: the step.
+      chunk_elements: memory bound: the number of directions evaluated together is
+        `chunk_elements // (total number of parameters)`, at least 1.
+
+    Returns:
+      A pytree like `params` holding the estimated gradient.
+
+    Raises:
+      TypeError: for a non-floating leaf.
+      ValueError: when `f` does not return a scalar.
+
+    Warns:
+      UserWarning: when a leaf is float32 or lower precision (the estimate is then only
+        good to about 1e-3 relative).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    names = leaf_names(params)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    for name, leaf in zip(names, leaves):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(f"numerical_grad: leaf {name!r} has dtype {leaf.dtype}; "
+                            f"only floating-point leaves can be perturbed")
+    low = [f"{n} ({leaf.dtype})" for n, leaf in zip(names, leaves) if jnp.finfo(leaf.dtype).bits < 64]
+    if low:
+        warnings.warn(f"numerical_grad: leaves {low} are below float64; central differences "
+                      f"then carry rounding errors near 1e-3. Run under `with "
+                      f"jax.enable_x64(True):` with float64 params.", stacklevel=2)
+    out = jax.eval_shape(f, params)
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"numerical_grad: f must return a scalar, got "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
+    total = max(sum(leaf.size for leaf in leaves), 1)
+    chunk = max(1, chunk_elements // total)
+
+    def f_with(leaves, i, flat_leaf):
+        swapped = list(leaves)
+        swapped[i] = flat_leaf.reshape(leaves[i].shape)
+        return f(treedef.unflatten(swapped))
+
+    def leaf_grad(leaves, i):
+        flat = leaves[i].ravel()
+        step = jnp.asarray(eps, flat.dtype)
+
+        def along(j):
+            plus = f_with(leaves, i, flat.at[j].add(step))
+            minus = f_with(leaves, i, flat.at[j].add(-step))
+            return (plus - minus) / (2 * step)
+
+        if flat.size == 0:
+            return jnp.zeros_like(leaves[i])
+        return jax.lax.map(along, jnp.arange(flat.size), batch_size=min(chunk, flat.size)
+                           ).astype(flat.dtype).reshape(leaves[i].shape)
+
+    grads = jax.jit(lambda leaves: [leaf_grad(leaves, i) for i in range(len(leaves))])(leaves)
+    return treedef.unflatten(grads)
+
+
+def check(loss_fn: Callable, manual_grad_fn: Callable, params, *args,
+          rtol: float = 1e-5, atol: float = 1e-7) -> GradCheckReport:
+    """Hand-derived gradients against autodiff: `manual_grad_fn(params, *args)` vs
+    `jax.grad(loss_fn)(params, *args)`.
+
+    Args:
+      loss_fn: (params, *args) -> scalar loss.
+      manual_grad_fn: (params, *args) -> gradients shaped like `params`.
+      params: the point to check at.
+      *args: the rest of both functions' arguments (e.g. X, Y).
+      rtol, atol: tolerances of `compare`; the autodiff gradient is the reference.
+
+    Returns:
+      `compare(manual, autodiff)`.
+    """
+    return compare(manual_grad_fn(params, *args), jax.grad(loss_fn)(params, *args),
+                   rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------
+# The command: every hand-derived backward vs jax.vjp vs central differences, in float64
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """One backward pass to check.
+
+    `make(key)` returns `(inputs, forward, backward)`: `inputs` a dict of the arrays to
+    differentiate (named as the table shows them), `forward(inputs) -> output` the layer or
+    loss, and `backward(inputs, delta) -> grads` the hand-derived pass, with `grads` shaped
+    like `inputs` and `delta = dL/d(output)`. The check draws a random `delta` (1 for a
+    scalar output), and compares `backward` against `jax.vjp(forward, inputs)` and against
+    central differences of `sum(forward(inputs) * delta)`.
+    """
+    layer: str
+    setting: str
+    make: Callable
+
+    @property
+    def name(self) -> str:
+        return f"{self.layer} ({self.setting})" if self.setting else self.layer
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """A case's two comparisons, or the error it raised."""
+    case: Case
+    vs_autodiff: GradCheckReport | None
+    vs_finite_diff: GradCheckReport | None
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and self.vs_autodiff.passed and self.vs_finite_diff.passed
+
+
+AUTODIFF_TOL = {"rtol": 1e-8, "atol": 1e-10}
+"""Manual vs `jax.vjp` in float64: the same math in a different order, so rounding only."""
+FINITE_DIFF_TOL = {"rtol": 1e-5, "atol": 1e-7}
+"""Manual vs central differences with eps = 1e-6 in float64: errors near 1e-10 times scale."""
+
+
+def run_case(case: Case, key) -> CaseResult:
+    """Runs one case in float64 (call under `jax.enable_x64(True)`)."""
+    try:
+        inputs, forward, backward = case.make(key)
+        inputs = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), inputs)
+        out = jax.eval_shape(forward, inputs)
+        delta = (jnp.ones((), jnp.float64) if out.shape == () else
+                 jax.random.normal(jax.random.fold_in(key, 1), out.shape, jnp.float64))
+        manual = jax.jit(backward)(inputs, delta)
+        autodiff = jax.vjp(forward, inputs)[1](delta)[0]
+        finite = numerical_grad(lambda p: jnp.sum(forward(p) * delta), inputs)
+        return CaseResult(case, compare(manual, autodiff, **AUTODIFF_TOL),
+                          compare(manual, finite, **FINITE_DIFF_TOL))
+    except Exception as err:  # a broken case is reported in the table, not a crash
+        return CaseResult(case, None, None, error=f"{type(err).__name__}: {err}")
+
+
+def _normal(key, *shape):
+    return jax.random.normal(key, shape, jnp.float64)
+
+
+def _away_from_zero(z):
+    """Moves entries at least 0.1 away from 0, so no kink (ReLU's at 0) lies within eps."""
+    return z + 0.1 * jnp.sign(z)
+
+
+def _one_hot_labels(key, batch: int, classes: int):
+    return jax.nn.one_hot(jax.random.randint(key, (batch,), 0, classes), classes, dtype=jnp.float64)
+
+
+def _scaled(grads_fn: Callable) -> Callable:
+    """backward(inputs, delta) for a scalar loss whose manual gradient is grads_fn(inputs)."""
+    return lambda p, delta: jax.tree_util.tree_map(lambda g: delta * g, grads_fn(p))
+
+
+def _activation_case(name: str) -> Case:
+    def make(key):
+        sigma = activations.ELEMENTWISE[name][0]
+        return ({"z": _away_from_zero(2 * _normal(key, 3, 4))}, lambda p: sigma(p["z"]),
+                lambda p, delta: {"z": backprop.activation_backward(name, p["z"], delta)})
+    return Case("activation_backward", name, make)
+
+
+def _softmax_cross_entropy_case() -> Case:
+    def make(key):
+        y = jax.nn.one_hot(2, 5, dtype=jnp.float64)
+        return ({"z": 3 * _normal(key, 5)}, lambda p: losses.softmax_cross_entropy(p["z"], y),
+                _scaled(lambda p: {"z": backprop.softmax_cross_entropy_backward(p["z"], y)}))
+    return Case("softmax_cross_entropy_backward", "K=5", make)
+
+
+def _mse_case() -> Case:
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        y = _normal(k2, 4)
+        return ({"y_hat": _normal(k1, 4)}, lambda p: losses.mse(p["y_hat"], y),
+                _scaled(lambda p: {"y_hat": backprop.mse_backward(p["y_hat"], y)}))
+    return Case("mse_backward", "K=4", make)
+
+
+def _layer_case(layer: str, setting: str, forward: Callable, backward: Callable,
+                param_shapes: dict, x_shape: tuple) -> Case:
+    """A layer `forward(params, x)` with `backward(params, x, delta) -> (grads, dx)`;
+    the table names its gradients by the param keys and ``x``."""
+    def make(key):
+        keys = jax.random.split(key, len(param_shapes) + 1)
+        inputs = {name: _normal(k, *shape) for k, (name, shape) in zip(keys, param_shapes.items())}
+        inputs["x"] = _normal(keys[-1], *x_shape)
+        split = lambda p: ({k: p[k] for k in param_shapes}, p["x"])
+
+        def manual(p, delta):
+            grads, dx = backward(*split(p), delta)
+            return {**grads, "x": dx}
+        return inputs, lambda p: forward(*split(p)), manual
+    return Case(layer, setting, make)
+
+
+def _dense_case() -> Case:
+    return _layer_case("dense_backward", "n_in=4, n_out=3",
+                       lambda params, x: layers.dense(params, x),
+                       lambda params, x, delta: backprop.dense_backward(params, x, delta),
+                       {"W": (3, 4), "b": (3,)}, (4,))
+
+
+def _conv_case(c_in: int, c_out: int, kernel: tuple, hw: tuple, stride, padding) -> Case:
+    return _layer_case(
+        "conv2d_backward",
+        f"{kernel[0]}x{kernel[1]}, stride={stride}, padding={padding!r}, x=({c_in}, {hw[0]}, {hw[1]})",
+        lambda params, x: layers.conv2d(params, x, stride=stride, padding=padding),
+        lambda params, x, delta: backprop.conv2d_backward(params, x, delta, stride=stride,
+                                                          padding=padding),
+        {"W": (c_out, c_in, *kernel), "b": (c_out,)}, (c_in, *hw))
+
+
+def _pool_case(kind: str, window: int, stride, x_shape: tuple) -> Case:
+    def make(key):
+        forward = getattr(layers, f"{kind}_pool2d")
+        backward = getattr(backprop, f"{kind}_pool2d_backward")
+        return ({"x": _normal(key, *x_shape)},
+                lambda p: forward(p["x"], window=window, stride=stride),
+                lambda p, delta: {"x": backward(p["x"], delta, window=window, stride=stride)})
+    return Case(f"{kind}_pool2d_backward", f"window={window}, stride={stride}, x={x_shape}", make)
+
+
+def _batch_norm_case(x_shape: tuple, batch: int = 4) -> Case:
+    def make(key):
+        features = x_shape[0]
+        k1, k2, k3 = jax.random.split(key, 3)
+        state = layers.batch_norm_init(features)[1]
+        inputs = {"gamma": _normal(k1, features), "beta": _normal(k2, features),
+                  "x": 2 * _normal(k3, batch, *x_shape) + 1}
+        params_of = lambda p: {"gamma": p["gamma"], "beta": p["beta"]}
+
+        def forward(p):
+            one = lambda x: layers.batch_norm(params_of(p), state, x, train=True, axis_name="batch")[0]
+            return jax.vmap(one, axis_name="batch")(p["x"])
+
+        def manual(p, delta):
+            one = lambda x, d: backprop.batch_norm_backward(params_of(p), x, d, axis_name="batch")
+            grads, dx = jax.vmap(one, axis_name="batch")(p["x"], delta)
+            return {**jax.tree_util.tree_map(lambda g: g.sum(0), grads), "x": dx}
+        return inputs, forward, manual
+    return Case("batch_norm_backward", f"vmap over a batch of {batch}, x={x_shape}", make)
+
+
+def _norm_case(name: str, x_shape: tuple, param_shape: tuple, **kwargs) -> Case:
+    setting = ", ".join([f"x={x_shape}"] + [f"{k}={v}" for k, v in kwargs.items()])
+    return _layer_case(
+        f"{name}_backward", setting,
+        lambda params, x: getattr(layers, name)(params, x, **kwargs),
+        lambda params, x, delta: getattr(backprop, f"{name}_backward")(params, x, delta, **kwargs),
+        {"gamma": param_shape, "beta": param_shape}, x_shape)
+
+
+def _with_bias(params: list) -> list:
+    """Nonzero biases, so a gradient that ignores b cannot pass by accident."""
+    return [{**layer, "b": layer["b"] + 0.1} for layer in params]
+
+
+def _mlp_case(activation_name: str) -> Case:
+    def make(key):
+        activation = activations.ELEMENTWISE[activation_name][0]
+        k1, k2, k3 = jax.random.split(key, 3)
+        params = _with_bias(network.mlp_init(k1, [4, 5, 3, 3]))
+        X, Y = _normal(k2, 6, 4), _one_hot_labels(k3, 6, 3)
+
+        def loss(p):
+            logits = jax.vmap(lambda x: network.mlp_logits(p, x, activation=activation))(X)
+            return jnp.mean(losses.softmax_cross_entropy(logits, Y))
+        return params, loss, _scaled(lambda p: backprop.mlp_grads(p, X, Y, activation=activation))
+    return Case("mlp_grads", f"4-5-3-3, {activation_name}, batch 6", make)
+
+
+def _mlp_mse_case() -> Case:
+    def make(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        params = _with_bias(network.mlp_init(k1, [3, 4, 2]))
+        X, Y = _normal(k2, 5, 3), _normal(k3, 5, 2)
+
+        def loss(p):
+            y_hat = jax.vmap(lambda x: network.mlp_logits(p, x, activation=activations.tanh))(X)
+            return jnp.mean(losses.mse(y_hat, Y))
+        return params, loss, _scaled(
+            lambda p: backprop.mlp_grads_mse(p, X, Y, activation=activations.tanh))
+    return Case("mlp_grads_mse", "3-4-2, tanh, batch 5", make)
+
+
+def _cnn_case() -> Case:
+    def make(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        params, state = network.cnn_init(k1, in_shape=(1, 8, 8), channels=(2, 3), hidden=5, classes=3)
+        X, Y = _normal(k2, 4, 1, 8, 8), _one_hot_labels(k3, 4, 3)
+
+        def loss(p):
+            logits, _ = network.cnn_apply(p, state, X, train=True)
+            return jnp.mean(losses.softmax_cross_entropy(logits, Y))
+        return params, loss, _scaled(lambda p: backprop.cnn_grads(p, state, X, Y)[0])
+    return Case("cnn_grads", "1x8x8, channels (2, 3), hidden 5, batch 4", make)
+
+
+CASES: list[Case] = [
+    *[_activation_case(name) for name in activations.ELEMENTWISE],
+    _softmax_cross_entropy_case(),
+    _mse_case(),
+    _dense_case(),
+    _mlp_case("relu"),
+    _mlp_case("sigmoid"),
+    _mlp_mse_case(),
+    _conv_case(2, 3, (3, 3), (6, 5), 1, "valid"),
+    _conv_case(2, 3, (3, 3), (7, 6), 2, "same"),
+    _conv_case(2, 2, (3, 2), (6, 7), (2, 1), (1, 2)),
+    _conv_case(3, 2, (1, 1), (4, 5), 1, "same"),
+    _conv_case(1, 2, (5, 5), (8, 7), 3, 2),
+    _pool_case("max", 2, None, (2, 6, 4)),
+    _pool_case("max", 3, 2, (2, 7, 5)),
+    _pool_case("avg", 2, None, (2, 6, 4)),
+    _pool_case("avg", 3, 1, (2, 5, 6)),
+    _batch_norm_case((3,)),
+    _batch_norm_case((2, 3, 4)),
+    _norm_case("layer_norm", (2, 3, 4), (2, 3, 4)),
+    _norm_case("instance_norm", (3, 4, 5), (3,)),
+    _norm_case("group_norm", (4, 3, 3), (4,), num_groups=2),
+    _cnn_case(),
+]
+"""Every hand-derived backward pass in `nnjax.backprop`, at small shapes: what
+``python -m nnjax.gradcheck`` runs. Adding a layer is one entry."""
+
+
+def _results_table(results: Sequence[CaseResult]) -> str:
+    rows = []
+    for res in results:
+        if res.error:
+            rows.append([res.case.name, "-", "-", "-", "-", "ERROR"])
+            continue
+        for i, (a, f) in enumerate(zip(res.vs_autodiff.rows, res.vs_finite_diff.rows)):
+            rows.append([res.case.name if i == 0 else "", a.name, str(a.shape),
+                         _err(a.max_abs_err), _err(f.max_abs_err),
+                         "ok" if a.passed and f.passed else "FAIL"])
+    return _table(["case", "gradient", "shape", "manual vs autodiff", "manual vs finite diff",
+                   "status"], rows)
+
+
+def _matches(case: Case, name: str) -> bool:
+    """--only NAME selects a case by its full name, its setting (e.g. ``relu``), its layer
+    or a prefix of the layer (``conv2d`` for ``conv2d_backward``)."""
+    return name in (case.name, case.setting) or case.layer.startswith(name)
+
+
+def main(argv: Sequence[str] | None = None, cases: Sequence[Case] | None = None) -> int:
+    """``python -m nnjax.gradcheck``: prints the table; returns 0 if every gradient agrees.
+
+    Args:
+      argv: command-line arguments (default: `sys.argv[1:]`): ``--only LAYER ...`` runs the
+        cases of those layers (or full case names), ``--seed N`` draws other inputs,
+        ``--list`` prints the case names.
+      cases: the cases to choose from (default: `CASES`); tests pass their own.
+    """
+    cases = list(CASES if cases is None else cases)
+    parser = argparse.ArgumentParser(
+        prog="python -m nnjax.gradcheck",
+        description="Hand-derived gradients (nnjax.backprop) vs autodiff (jax.vjp) vs central "
+                    "finite differences, in float64, for every layer. Columns: max |manual - "
+                    "other| over each gradient's entries.")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="run only these layers or cases (see --list)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed for the inputs (default 0)")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args(argv)
+    if args.only:
+        chosen = [c for c in cases if any(_matches(c, name) for name in args.only)]
+        unknown = [name for name in args.only if not any(_matches(c, name) for c in cases)]
+        if unknown:
+            parser.error(f"--only: no case matches {unknown}; choose from "
+                         f"{sorted({c.layer for c in cases})} (or a full name from --list)")
+        cases = chosen
+    if args.list:
+        print("\n".join(c.name for c in cases))
+        return 0
+    with jax.enable_x64(True):
+        key = jax.random.key(args.seed)
+        results = [run_case(case, jax.random.fold_in(key, i)) for i, case in enumerate(cases)]
+    print(_results_table(results))
+    for res in results:
+        if res.error:
+            print(f"ERROR in {res.case.name}: {res.error}")
+    failed = [r for r in results if not r.passed]
+    grads = sum(len(r.vs_autodiff.rows) for r in results if not r.error)
+    tol = (f"tolerance |manual - other| <= atol + rtol |other|: vs autodiff "
+           f"rtol={AUTODIFF_TOL['rtol']:g}, atol={AUTODIFF_TOL['atol']:g}; vs finite diff "
+           f"rtol={FINITE_DIFF_TOL['rtol']:g}, atol={FINITE_DIFF_TOL['atol']:g}")
+    if failed:
+        print(f"\nFAIL: {len(failed)} of {len(results)} cases disagree: "
+              + ", ".join(r.case.name for r in failed) + f"\n({tol})")
+        return 1
+    print(f"\nall {grads} gradients in {len(results)} cases agree ({tol})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
