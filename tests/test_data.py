@@ -31,7 +31,7 @@ def random_array(dtype, shape, seed=0):
 
 # ----------------------------------------------------------------------------- IDX files
 
-@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("suffix", ["", ".gz"], ids=["raw", "gz"])
 @pytest.mark.parametrize("dtype", IDX_TYPES)
 def test_idx_round_trip_every_dtype(tmp_path, dtype, suffix):
     for ndim, shape in enumerate([(5,), (3, 4), (2, 3, 4), (2, 1, 3, 2)], start=1):
@@ -117,7 +117,7 @@ def write_idx_dataset(folder, split, images, labels, suffix=".gz"):
     data.write_idx(Path(folder) / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
 
 
-@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("suffix", ["", ".gz"], ids=["raw", "gz"])
 def test_load_idx_dataset_reads_either_form(tmp_path, suffix):
     images, labels = random_array(np.uint8, (6, 4, 5)), np.array([0, 9, 3, 3, 1, 7], np.uint8)
     write_idx_dataset(tmp_path, "test", images, labels, suffix)

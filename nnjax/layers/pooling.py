@@ -1,2 +1,90 @@
-"""Placeholder until written."""
-__all__ = []
+"""Pooling layers: max and average pooling over spatial windows.
+
+Chapter section "Pooling Layer": pooling downsamples each channel on its own; max pooling takes
+the maximum value in each window, average pooling the mean. With a (kh, kw) window and stride
+(sh, sw), one example x of shape (C, H, W) maps to (C, H', W'),
+
+    max:  y_{c, i, j} = max_{m < kh, n < kw} x_{c, i*sh + m, j*sw + n}
+    avg:  y_{c, i, j} = 1 / (kh * kw) * sum_{m, n} x_{c, i*sh + m, j*sw + n}
+
+with H' = (H - kh) // sh + 1 (the conv output formula without padding; rows that no window
+reaches are dropped). The common 2x2 window with stride 2 halves each spatial dimension.
+
+Both are computed over the kh*kw shifted views x[:, m::sh, n::sw] (`window_views`): an
+elementwise max or sum of strided slices. Measured on CPU, that form runs faster than
+`lax.reduce_window` and than a reshape to (C, H', kh, W', kw), forward and under `jax.grad`.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from nnjax._checks import as_pair, check_float_array, check_rank
+
+__all__ = ["pool_output_shape", "window_views", "max_pool2d", "avg_pool2d", "check_pool_args"]
+
+
+def check_pool_args(fn: str, x, window, stride):
+    """Checks a pooling call and resolves window and stride (stride defaults to the window).
+
+    Returns:
+      (x as a float array, (kh, kw), (sh, sw)).
+
+    Raises:
+      AssertionError (chex) unless x has rank 3; TypeError/ValueError for a window or stride
+      that is not a positive int or pair; ValueError for a window larger than the input.
+    """
+    x = check_float_array(fn, "x", x)
+    check_rank(fn, "x", x, 3, "one example (C, H, W); batch with jax.vmap")
+    window = as_pair(fn, "window", window)
+    stride = window if stride is None else as_pair(fn, "stride", stride)
+    if window[0] > x.shape[1] or window[1] > x.shape[2]:
+        raise ValueError(
+            f"{fn}: window {window} is larger than the input's spatial size {x.shape[1:]} "
+            f"(x has shape {x.shape}); no window fits")
+    return x, window, stride
+
+
+def pool_output_shape(in_hw, window, stride) -> tuple[int, int]:
+    """(H', W') = ((H - kh) // sh + 1, (W - kw) // sw + 1)."""
+    return tuple((n - k) // s + 1 for n, k, s in zip(in_hw, window, stride))
+
+
+def window_views(x, window, stride) -> list:
+    """The kh*kw shifted views x[:, m + i*sh, n + j*sw], each (C, H', W'), offsets row-major.
+
+    View number m*kw + n holds, at (c, i, j), the element at offset (m, n) of window (i, j);
+    a pooling layer reduces across the views elementwise.
+    """
+    (kh, kw), (sh, sw) = window, stride
+    out_h, out_w = pool_output_shape(x.shape[1:], window, stride)
+    return [x[:, m:m + sh * (out_h - 1) + 1:sh, n:n + sw * (out_w - 1) + 1:sw]
+            for m in range(kh) for n in range(kw)]
+
+
+def max_pool2d(x, window=2, stride=None):
+    """Max pooling of ONE example: y_{c,i,j} = max_{m,n} x_{c, i*sh+m, j*sw+n}.
+
+    Args:
+      x: (C, H, W).
+      window: int or (kh, kw).
+      stride: int or (sh, sw); None means the window (non-overlapping windows).
+
+    Returns:
+      (C, H', W') with H' = (H - kh) // sh + 1, W' = (W - kw) // sw + 1.
+    """
+    x, window, stride = check_pool_args("max_pool2d", x, window, stride)
+    views = window_views(x, window, stride)
+    y = views[0]
+    for view in views[1:]:
+        y = jnp.maximum(y, view)
+    return y
+
+
+def avg_pool2d(x, window=2, stride=None):
+    """Average pooling of ONE example: y_{c,i,j} = 1/(kh*kw) sum_{m,n} x_{c, i*sh+m, j*sw+n}.
+
+    Args and Returns as `max_pool2d`.
+    """
+    x, window, stride = check_pool_args("avg_pool2d", x, window, stride)
+    views = window_views(x, window, stride)
+    return sum(views[1:], views[0]) / len(views)

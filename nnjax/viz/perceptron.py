@@ -18,13 +18,15 @@ PRESETS = ("separable", "xor")
 """The datasets of the chapter's diagram: linearly separable blobs, and XOR (not separable)."""
 
 
-def perceptron_dataset(preset: str = "separable", n_per_cluster: int = 12, seed: int = 0):
+def perceptron_dataset(preset: str = "separable", n: int = 24, seed: int = 0):
     """A small 2-D dataset with labels in {-1, +1}.
 
     Args:
-      preset: "separable" (two Gaussian blobs, one per class, that a line separates) or
-        "xor" (four blobs at (+-1, +-1), y = +1 where exactly one coordinate is positive).
-      n_per_cluster: points per blob.
+      preset: "separable": points uniform in [-2, 2]^2 labelled by the side of a hidden line
+        (w* = (1, -0.7) / ||(1, -0.7)||, b* = -0.5), keeping only points at distance > 0.3 from it,
+        so a line separates the classes with a margin; "xor": four blobs at (+-1, +-1),
+        y = +1 where exactly one coordinate is positive (no line separates them).
+      n: number of points (for "xor", rounded down to a multiple of 4).
       seed: numpy random seed.
 
     Returns:
@@ -35,15 +37,20 @@ def perceptron_dataset(preset: str = "separable", n_per_cluster: int = 12, seed:
     """
     rng = np.random.default_rng(seed)
     if preset == "separable":
-        centers, labels, spread = [(-1.2, -0.8), (1.0, 1.2)], [-1, 1], 0.45
+        w_star, b_star, margin = np.array([1.0, -0.7]) / np.hypot(1.0, -0.7), -0.5, 0.3
+        candidates = rng.uniform(-2, 2, size=(10 * n, 2))
+        distance = candidates @ w_star + b_star
+        keep = np.abs(distance) > margin
+        X, y = candidates[keep][:n], np.where(distance[keep][:n] > 0, 1, -1)
     elif preset == "xor":
-        centers, labels, spread = [(-1, -1), (1, 1), (-1, 1), (1, -1)], [-1, -1, 1, 1], 0.25
+        corners = np.array([(-1, -1), (1, 1), (-1, 1), (1, -1)], dtype=float)
+        X = np.concatenate([rng.normal(c, 0.25, size=(n // 4, 2)) for c in corners])
+        y = np.repeat([-1, -1, 1, 1], n // 4)
+        order = rng.permutation(len(y))
+        X, y = X[order], y[order]
     else:
         raise ValueError(f"perceptron_dataset: preset={preset!r} is not allowed; expected one of {list(PRESETS)}")
-    X = np.concatenate([rng.normal(c, spread, size=(n_per_cluster, 2)) for c in centers])
-    y = np.repeat(labels, n_per_cluster)
-    order = rng.permutation(len(y))
-    return X[order].astype(np.float32), y[order].astype(np.int32)
+    return X.astype(np.float32), y.astype(np.int32)
 
 
 def _predict(w, b, X):
@@ -53,6 +60,9 @@ def _predict(w, b, X):
 
 def _draw_state(ax, X, y, w, b, *, highlight: int | None = None, limits: float = 2.3) -> int:
     """Draws one perceptron state: half-planes, boundary, w, the points, mistakes marked.
+
+    w is drawn from the boundary's point nearest the data's center, or from the origin when
+    that point lies outside the view.
 
     Returns:
       The number of misclassified points.
@@ -66,8 +76,10 @@ def _draw_state(ax, X, y, w, b, *, highlight: int | None = None, limits: float =
         ax.contour(xx, yy, field, levels=[0], colors="black", linewidths=1.8)
         center = X.mean(axis=0)
         foot = center - (w @ center + b) / (w @ w) * w
+        if np.abs(foot).max() > limits - 0.2:
+            foot = np.zeros(2)
         direction = w / np.linalg.norm(w)
-        ax.annotate("", xy=foot + 0.9 * direction, xytext=foot,
+        ax.annotate("", xy=foot + 0.9 * direction, xytext=foot, annotation_clip=False,
                     arrowprops=dict(arrowstyle="-|>", color="#27ae60", linewidth=2.2, mutation_scale=16))
         ax.text(*(foot + 1.0 * direction), "w", color="#1e8449", fontsize=12, fontweight="bold",
                 ha="center", va="center")
@@ -127,7 +139,7 @@ def plot_perceptron(path=None, *, epochs: int = 20, seed: int = 0):
         verdict = ("converged: no mistakes" if int(mistakes[-1]) == 0
                    else f"never converges: {int(mistakes[-1])} updates in epoch {epochs}")
         ax.set_title(f"{'linearly separable' if preset == 'separable' else 'XOR (not linearly separable)'}\n"
-                     f"w = [{fmt(w[0])}, {fmt(w[1])}], b = {fmt(b)}; accuracy {1 - wrong / len(y):.0%}; {verdict}",
+                     f"w = [{fmt(w[0])}, {fmt(w[1])}], b = {fmt(b)}; accuracy {1 - wrong / len(y):.0%}\n{verdict}",
                      fontsize=11)
     fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=5, fontsize=10)
     fig.suptitle(f"Perceptron y = sign($w^T x + b$) after {epochs} epochs of Rosenblatt's rule", fontsize=13)
@@ -146,18 +158,18 @@ def plot_perceptron_learning(preset: str = "separable", path=None, *, frames: in
     Args:
       preset: "separable" or "xor" (see `perceptron_dataset`).
       path: where to save the PNG; nothing is saved when None.
-      frames: number of panels, laid out 4 per row.
+      frames: the most panels drawn, laid out 4 per row (fewer when there are fewer updates).
       epochs: passes of `nnjax.layers.perceptron_fit_trace` over the data.
       seed: the dataset's seed.
 
     Returns:
-      The matplotlib Figure (12 x 3.1 * rows + 0.9 inches, at 100 dpi).
+      The matplotlib Figure, 12 inches wide and 3.1 * rows + 0.9 high (100 dpi).
     """
     X, y = perceptron_dataset(preset, seed=seed)
     trace = perceptron_fit_trace(X, y, epochs=epochs)
     updates = len(trace.b) - 1
     shown = np.unique(np.round(np.linspace(0, updates, min(frames, updates + 1))).astype(int))
-    rows = -(-frames // 4)
+    rows = -(-len(shown) // 4)
     fig = new_figure(12, 3.1 * rows + 0.9)
     axes = fig.subplots(rows, 4, squeeze=False).ravel()
     for ax, k in zip(axes, shown):
