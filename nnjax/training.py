@@ -27,8 +27,8 @@ import dataclasses
 import json
 import os
 import platform
-import tempfile
 import time
+import uuid
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -387,10 +387,13 @@ def _scan_chunk(step: Callable, length: int) -> Callable:
     return chunk
 
 
-def _scan_chunk_lengths(steps: int) -> list[int]:
-    """Splits an epoch's steps into about `SCAN_UPDATES_PER_EPOCH` scans (for the progress bar)."""
-    size = -(-steps // SCAN_UPDATES_PER_EPOCH)
-    return [size] * (steps // size) + ([steps % size] if steps % size else [])
+def _scan_chunk_length(steps: int) -> int:
+    """Steps per scan call: a divisor of `steps` near ``steps / SCAN_UPDATES_PER_EPOCH``, so
+    the progress bar moves about that often and one compiled scan serves the whole epoch
+    (the whole epoch is one call when no divisor is near)."""
+    target = steps / SCAN_UPDATES_PER_EPOCH
+    near = [d for d in range(max(1, int(target / 2)), int(2 * target) + 1) if steps % d == 0]
+    return min(near, key=lambda d: abs(d - target)) if near else steps
 
 
 def make_evaluate(model: Model) -> Callable:
@@ -471,10 +474,9 @@ def _write_atomically(path: str, write: Callable) -> None:
     A crash at any point leaves either the old file or the new one, never a partial one; the
     temporary file is removed if writing fails.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -641,13 +643,11 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     batches_fn, compile_time = _compile(permute, shuffle_key)
     batches0 = batches_fn(jax.random.fold_in(shuffle_key, 0))
     if epoch_mode == "scan":
-        runners = {}
-        for length in sorted(set(_scan_chunk_lengths(steps))):
-            runners[length], seconds = _compile(_scan_chunk(step, length), carry, data, batches0, donate=True)
-            compile_time += seconds
+        chunk = _scan_chunk_length(steps)
+        step_fn, seconds = _compile(_scan_chunk(step, chunk), carry, data, batches0, donate=True)
     else:
         step_fn, seconds = _compile(step, carry, data, batches0, donate=True)
-        compile_time += seconds
+    compile_time += seconds
     eval_fn, seconds = _compile(make_evaluate(model), params, state, *eval_batch)
     compile_time += seconds
     log(f"compiled in {compile_time:.1f}s ({epoch_mode} epochs, {config.grads} gradients, "
@@ -673,12 +673,12 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         bar = tqdm(total=steps * batch_size, unit="img", unit_scale=True, leave=False,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
         if epoch_mode == "scan":
-            for length in _scan_chunk_lengths(steps):
-                carry, chunk_metrics = runners[length](carry, data, batches)
+            for _ in range(steps // chunk):
+                carry, chunk_metrics = step_fn(carry, data, batches)
                 metrics.append(jax.device_get(chunk_metrics))
-                bar.update(length * batch_size)
+                bar.update(chunk * batch_size)
                 bar.set_postfix(loss=f"{np.mean(metrics[-1][0]):.4f}",
-                                acc=f"{np.sum(metrics[-1][1]) / (length * batch_size):.4f}")
+                                acc=f"{np.sum(metrics[-1][1]) / (chunk * batch_size):.4f}")
             losses = np.concatenate([m[0] for m in metrics])
             corrects = np.concatenate([m[1] for m in metrics])
         else:

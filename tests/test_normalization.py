@@ -1,5 +1,6 @@
 """Batch, layer, instance and group norm: forwards against numpy, backwards against jax.vjp and
 finite differences, batch norm under vmap and (in a subprocess) pmap on 4 CPU devices."""
+import functools
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ def _random_affine(key, shape):
     return {"gamma": 1.0 + 0.5 * jax.random.normal(kg, shape), "beta": jax.random.normal(kb, shape)}
 
 
+@functools.partial(jax.jit, static_argnames=("momentum", "eps"))
 def _train_batch(params, state, X, momentum=0.9, eps=EPS):
     """batch_norm over a whole batch: vmap with the axis name, new state returned once."""
     return jax.vmap(lambda x: batch_norm(params, state, x, train=True, momentum=momentum, eps=eps),
@@ -96,10 +98,10 @@ def test_batch_norm_eval_is_per_example_and_jits():
 def test_running_statistics_converge_to_data_statistics():
     params, state = batch_norm_init(2)
     X = jnp.array([[1.0, -2.0], [3.0, 2.0], [5.0, 0.0]])
-    for _ in range(200):
+    for _ in range(150):
         _, state = _train_batch(params, state, X, momentum=0.9)
     np.testing.assert_allclose(state["mean"], np.mean(np.asarray(X), axis=0), rtol=1e-5)
-    np.testing.assert_allclose(state["var"], np.var(np.asarray(X), axis=0, ddof=1), rtol=1e-4)
+    np.testing.assert_allclose(state["var"], np.var(np.asarray(X), axis=0, ddof=1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(7,), (2, 3, 4)])
@@ -217,7 +219,7 @@ def test_instance_norm_backward(x64):
     _check_backward(instance_norm, params, x, instance_norm_backward)
 
 
-@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("groups", [1, 2])
 def test_group_norm_backward(x64, groups):
     params = _random_affine(jax.random.PRNGKey(19), (4,))
     x = jax.random.normal(jax.random.PRNGKey(20), (4, 3, 2))

@@ -79,10 +79,11 @@ def _draw_state(ax, X, y, w, b, *, highlight: int | None = None, limits: float =
         if np.abs(foot).max() > limits - 0.2:
             foot = np.zeros(2)
         direction = w / np.linalg.norm(w)
-        ax.annotate("", xy=foot + 0.9 * direction, xytext=foot, annotation_clip=False,
+        ax.annotate("", xy=foot + 0.9 * direction, xytext=foot, annotation_clip=False, zorder=6,
                     arrowprops=dict(arrowstyle="-|>", color="#27ae60", linewidth=2.2, mutation_scale=16))
-        ax.text(*(foot + 1.0 * direction), "w", color="#1e8449", fontsize=12, fontweight="bold",
-                ha="center", va="center")
+        ax.text(*(foot + 1.05 * direction), "w", color="#1e8449", fontsize=12, fontweight="bold",
+                ha="center", va="center", zorder=6,
+                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", alpha=0.7, linewidth=0))
     wrong = _predict(w, b, X) != y
     for label, color, marker in ((1, POSITIVE, "o"), (-1, NEGATIVE, "s")):
         mask = y == label

@@ -40,10 +40,13 @@ class EpochData:
     Attributes:
         images: float32 (steps, batch_size, 1, 28, 28), pixel values in [0, 1].
         labels: int32 (steps, batch_size), class indices 0..9.
+        pixels: the same images as uint8 (steps, batch_size, 28, 28), what nnjax's training
+            code keeps on the device and standardizes inside its step.
     """
 
     images: np.ndarray
     labels: np.ndarray
+    pixels: np.ndarray
 
     @property
     def steps(self) -> int:
@@ -68,21 +71,20 @@ def cut_epoch(images: np.ndarray, labels: np.ndarray, batch_size: int, steps: in
     """The first `steps * batch_size` examples as `steps` batches (wrapping round if `steps` asks for more).
 
     Args:
-        images: uint8 or float (N, 28, 28) or (N, 1, 28, 28).
+        images: uint8 (N, 28, 28).
         labels: int (N,).
         batch_size: examples per step.
         steps: number of batches.
 
     Returns:
-        EpochData with float32 images scaled to [0, 1].
+        EpochData (float32 images scaled to [0, 1], and the uint8 pixels).
     """
     n = steps * batch_size
     index = np.arange(n) % images.shape[0]
-    x = np.asarray(images[index], dtype=np.float32).reshape(steps, batch_size, *IMAGE_SHAPE)
-    if images.dtype == np.uint8:
-        x = x / np.float32(255.0)
+    pixels = np.asarray(images[index], dtype=np.uint8).reshape(steps, batch_size, 28, 28)
+    x = pixels.reshape(steps, batch_size, *IMAGE_SHAPE).astype(np.float32) / np.float32(255.0)
     y = np.asarray(labels[index], dtype=np.int32).reshape(steps, batch_size)
-    return EpochData(np.ascontiguousarray(x), y)
+    return EpochData(x, y, pixels)
 
 
 def synthetic_mnist(num_examples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,351 @@
+"""Training throughput of nnjax against hand-written raw JAX and the peer frameworks.
+
+One epoch of SGD (60,000 examples, or --steps batches) of the chapter's MLP 784-128-64-10
+and the experiments' CNN, at each batch size, for: nnjax with autodiff and with hand-derived
+gradients (nnjax's own train step, as a Python loop of jitted steps and as a `lax.scan`
+epoch); raw JAX written by hand (the same two ways); Flax NNX; Equinox; PyTorch eager and
+`torch.compile`. Same architecture, batch and data for every row. Compilation and warm-up
+are timed apart; each row's epoch is timed --repeats times and the best is kept.
+
+Prints one table per (model, batch size): samples/s, the ratio to the fastest row and to the
+raw-JAX scan epoch, the FLOP rate as a fraction of a large float32 matrix product's measured
+in the same run, the warm-up time; then the hand-derived/autodiff step-time ratio and the
+issue's targets. Writes everything as JSON (--out).
+
+    python scripts/bench.py                                  # the full benchmark
+    python scripts/bench.py --models cnn --batch-sizes 128 --steps 50 --repeats 2
+    python scripts/bench.py --data synthetic --steps 2 --frameworks nnjax,raw_jax
+
+The peers are the optional extra `pip install -e '.[bench]'`; a missing one is reported as
+"skipped (not installed)".
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench_peers import common  # noqa: E402
+
+FRAMEWORKS = ("nnjax", "raw_jax", "flax", "equinox", "torch", "torch_compile")
+PEER_MODULES = {"nnjax": "nnjax_rows", "raw_jax": "raw_jax", "flax": "flax_nnx",
+                "equinox": "equinox_peer"}
+PEER_LABELS = {"flax": "Flax NNX", "equinox": "Equinox", "torch": "PyTorch eager",
+               "torch_compile": "PyTorch compile"}
+TARGETS = {"vs_raw_jax_scan": 1.0, "vs_fastest_peer": 1.3, "flop_fraction": {"mlp": 0.75, "cnn": 0.5},
+           "manual_over_autodiff": 1.05, "first_step_s": 2.0}
+"""The issue's targets (measured here, reported, never asserted)."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("real", "synthetic"), default=None,
+                        help="real MNIST (prepared by `python -m nnjax.data prepare`) or random data "
+                             "of the same shape; default: real if prepared, else synthetic")
+    parser.add_argument("--models", default="mlp,cnn", help="comma-separated, from: mlp, cnn")
+    parser.add_argument("--batch-sizes", default="128,1024", help="comma-separated batch sizes")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="batches per timed epoch (default: a 60,000-example epoch, 60000 // batch)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per row; the best counts")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                        help=f"comma-separated rows to run, from: {', '.join(FRAMEWORKS)}")
+    parser.add_argument("--compile-timeout", type=float, default=300.0,
+                        help="seconds torch.compile may take for its first step before it is skipped")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the n x n float32 matrix product that sets the reference FLOP rate")
+    parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    args.models = _split_choices(parser, "--models", args.models, common.MODELS)
+    args.frameworks = _split_choices(parser, "--frameworks", args.frameworks, FRAMEWORKS)
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--batch-sizes={args.batch_sizes!r}: expected comma-separated integers")
+    if min(args.batch_sizes) < 2 or (args.steps is not None and args.steps < 1) or args.repeats < 1:
+        parser.error("--batch-sizes must be >= 2 (batch norm needs two examples); --steps and --repeats >= 1")
+    return args
+
+
+def _split_choices(parser, flag: str, value: str, allowed) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        parser.error(f"{flag}={value!r}: unknown {unknown}; allowed: {', '.join(allowed)}")
+    return names
+
+
+def load_data(kind: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """MNIST's training images and labels, or synthetic ones; and a note saying which."""
+    if kind != "synthetic":
+        try:
+            from nnjax.data import load_mnist
+
+            images, labels = load_mnist("train")
+            return images, labels, "real MNIST training set"
+        except Exception as error:  # noqa: BLE001 - any missing/corrupt file falls back or fails below
+            if kind == "real":
+                raise SystemExit(f"bench: --data real but MNIST cannot be loaded: {error}")
+            reason = f"synthetic (MNIST not prepared: {type(error).__name__}; run `python -m nnjax.data prepare`)"
+            images, labels = common.synthetic_mnist(common.EPOCH_EXAMPLES)
+            return images, labels, reason
+    images, labels = common.synthetic_mnist(common.EPOCH_EXAMPLES)
+    return images, labels, "synthetic random uint8 images and labels of MNIST's shape"
+
+
+def matmul_flop_rate(n: int, repeats: int = 10) -> float:
+    """FLOP/s of a jitted n x n @ n x n float32 product (2 n^3 FLOPs), best of `repeats`."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    product(a, b).block_until_ready()
+    best = min(common.timed(lambda: product(a, b).block_until_ready()) for _ in range(repeats))
+    return 2.0 * n**3 / best
+
+
+def measure(trainer: common.Trainer, data: common.EpochData, repeats: int) -> dict:
+    """Warm-up (trace + compile + first step) and `repeats` timed epochs of one trainer."""
+    row = {"name": trainer.name, "family": trainer.family, "note": trainer.note}
+    try:
+        row["warmup_s"] = common.timed(trainer.first_step)
+        times = [common.timed(trainer.epoch) for _ in range(repeats)]
+    except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
+        row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        return row
+    samples = data.steps * data.batch_size
+    row.update(status="measured", epoch_s=times, best_s=min(times), median_s=float(np.median(times)),
+               samples_per_s=samples / min(times), step_ms=1e3 * min(times) / data.steps,
+               step_flops=trainer.step_flops)
+    if trainer.cost_analysis is not None:
+        row["xla_step_flops"] = trainer.cost_analysis()
+    return row
+
+
+def skipped(name: str, family: str, reason: str) -> dict:
+    return {"name": name, "family": family, "status": reason}
+
+
+def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list[dict]:
+    """Rows of a JAX framework (nnjax, raw JAX, Flax NNX, Equinox), or its skipped row."""
+    family = framework if framework in ("nnjax", "raw_jax") else "peer"
+    try:
+        module = __import__(f"bench_peers.{PEER_MODULES[framework]}", fromlist=["make_trainers"])
+    except common.PeerUnavailable as reason:
+        return [skipped(PEER_LABELS[framework], family, str(reason))]
+    try:
+        trainers = module.make_trainers(model, data, args.lr)
+    except Exception as error:  # noqa: BLE001 - e.g. a model nnjax does not provide yet
+        name = PEER_LABELS.get(framework, framework)
+        return [skipped(name, family, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")]
+    rows = []
+    while trainers:
+        rows.append(measure(trainers.pop(0), data, args.repeats))
+    return rows
+
+
+def torch_eager_row(model: str, data: common.EpochData, args) -> dict:
+    try:
+        from bench_peers import torch_peer
+    except common.PeerUnavailable as reason:
+        return skipped(PEER_LABELS["torch"], "peer", str(reason))
+    return measure(torch_peer.make_trainer(model, data, args.lr, compiled=False), data, args.repeats)
+
+
+def torch_compile_row(model: str, data: common.EpochData, args, eager_row: dict | None) -> dict:
+    """`torch.compile` in a child process, killed if it runs past its time box.
+
+    The box is --compile-timeout for the compile plus twice the eager epoch time per repeat.
+    """
+    name = PEER_LABELS["torch_compile"]
+    try:
+        from bench_peers import torch_peer  # noqa: F401 - only checks that torch is installed
+    except common.PeerUnavailable as reason:
+        return skipped(name, "peer", str(reason))
+    eager_s = (eager_row or {}).get("best_s", 60.0)
+    budget = args.compile_timeout + 2 * args.repeats * eager_s + 30
+    with tempfile.TemporaryDirectory() as folder:
+        epoch_file = os.path.join(folder, "epoch.npz")
+        np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
+        command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", model, "--epoch-file",
+                   epoch_file, "--lr", str(args.lr), "--repeats", str(args.repeats)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=budget, env=env, cwd=SCRIPTS)
+        except subprocess.TimeoutExpired:
+            return skipped(name, "peer", f"skipped (did not finish within its {budget:.0f} s time box: "
+                                         f"compile limit {args.compile_timeout:.0f} s)")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return skipped(name, "peer", f"skipped (torch.compile failed: {last})")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["first_step_s"] > args.compile_timeout:
+        return skipped(name, "peer", f"skipped (compile took {result['first_step_s']:.0f} s, over "
+                                     f"--compile-timeout {args.compile_timeout:.0f} s)")
+    times = result["epoch_s"]
+    return {"name": name, "family": "peer", "note": result["note"], "status": "measured",
+            "warmup_s": result["first_step_s"], "epoch_s": times, "best_s": min(times),
+            "median_s": float(np.median(times)), "samples_per_s": data.steps * data.batch_size / min(times),
+            "step_ms": 1e3 * min(times) / data.steps, "step_flops": common.step_flops(model, data.batch_size)}
+
+
+def run_config(model: str, batch_size: int, images, labels, args) -> list[dict]:
+    """Every requested row for one (model, batch size)."""
+    steps = args.steps or common.EPOCH_EXAMPLES // batch_size
+    data = common.cut_epoch(images, labels, batch_size, steps)
+    rows = []
+    for framework in ("nnjax", "raw_jax", "flax", "equinox"):
+        if framework in args.frameworks:
+            rows += jax_rows(framework, model, data, args)
+            print(f"  {model} B={batch_size}: {framework} done", file=sys.stderr, flush=True)
+    eager = None
+    if "torch" in args.frameworks:
+        eager = torch_eager_row(model, data, args)
+        rows.append(eager)
+    if "torch_compile" in args.frameworks:
+        rows.append(torch_compile_row(model, data, args, eager))
+    return rows
+
+
+def add_ratios(rows: list[dict], matmul_flops_per_s: float) -> None:
+    """Each measured row's ratio to the fastest row and to raw JAX scan, and its FLOP fraction."""
+    measured = [r for r in rows if r["status"] == "measured"]
+    if not measured:
+        return
+    fastest = max(r["samples_per_s"] for r in measured)
+    scan = next((r["samples_per_s"] for r in measured if r["name"] == "raw JAX scan"), None)
+    for r in measured:
+        r["vs_fastest"] = r["samples_per_s"] / fastest
+        r["vs_raw_jax_scan"] = r["samples_per_s"] / scan if scan else None
+        r["flop_rate"] = r["step_flops"] * 1e3 / r["step_ms"]
+        r["flop_fraction"] = r["flop_rate"] / matmul_flops_per_s
+
+
+def summarize(model: str, batch_size: int, rows: list[dict]) -> dict:
+    """The issue's targets for one configuration, from its rows."""
+    by_name = {r["name"]: r for r in rows if r["status"] == "measured"}
+    nnjax = [r for r in by_name.values() if r["family"] == "nnjax"]
+    peers = [r for r in by_name.values() if r["family"] == "peer"]
+    best = max(nnjax, key=lambda r: r["samples_per_s"], default=None)
+    summary = {"model": model, "batch_size": batch_size, "nnjax_best": best and best["name"]}
+    if best is None:
+        return summary
+    scan = by_name.get("raw JAX scan")
+    fastest_peer = max(peers, key=lambda r: r["samples_per_s"], default=None)
+    summary["vs_raw_jax_scan"] = scan and best["samples_per_s"] / scan["samples_per_s"]
+    summary["fastest_peer"] = fastest_peer and fastest_peer["name"]
+    summary["vs_fastest_peer"] = fastest_peer and best["samples_per_s"] / fastest_peer["samples_per_s"]
+    summary["flop_fraction"] = best["flop_fraction"]
+    for mode in ("loop", "scan"):
+        auto, manual = by_name.get(f"nnjax autodiff {mode}"), by_name.get(f"nnjax manual {mode}")
+        if auto and manual:
+            summary[f"manual_over_autodiff_{mode}"] = manual["step_ms"] / auto["step_ms"]
+    first = [r["warmup_s"] for name, r in by_name.items() if name.startswith("nnjax") and name.endswith("loop")]
+    summary["first_step_s"] = min(first) if first else None
+    return summary
+
+
+def format_table(model: str, batch_size: int, steps: int, rows: list[dict]) -> str:
+    header = (f"\n{model.upper()}  batch {batch_size}  ({steps} steps = {steps * batch_size} examples per epoch)\n"
+              f"{'row':22s} {'samples/s':>10s} {'ms/step':>8s} {'/fastest':>8s} {'/rawscan':>8s} "
+              f"{'%matmul':>7s} {'warm-up s':>9s}  note")
+    lines = [header, "-" * len(header.splitlines()[-1])]
+    for r in rows:
+        if r["status"] != "measured":
+            lines.append(f"{r['name']:22s} {r['status']}")
+            continue
+        scan = f"{r['vs_raw_jax_scan']:.2f}x" if r.get("vs_raw_jax_scan") else "-"
+        lines.append(f"{r['name']:22s} {r['samples_per_s']:10.0f} {r['step_ms']:8.2f} {r['vs_fastest']:7.2f}x "
+                     f"{scan:>8s} {100 * r['flop_fraction']:6.1f}% {r['warmup_s']:9.2f}  {r.get('note', '')}")
+    return "\n".join(lines)
+
+
+def format_summary(summaries: list[dict]) -> str:
+    """The targets of issue 5, one line per configuration, each marked met or missed."""
+    def mark(value, target, higher_is_better=True):
+        if value is None:
+            return "n/a"
+        met = value >= target if higher_is_better else value <= target
+        return f"{value:.2f} ({'met' if met else 'MISSED'}, target {'>=' if higher_is_better else '<='} {target})"
+
+    lines = ["\nTargets (best nnjax row per configuration):"]
+    for s in summaries:
+        if s.get("nnjax_best") is None:
+            continue
+        lines.append(
+            f"{s['model']} B={s['batch_size']} [{s['nnjax_best']}]: "
+            f"vs raw JAX scan {mark(s.get('vs_raw_jax_scan'), TARGETS['vs_raw_jax_scan'])}; "
+            f"vs fastest peer ({s.get('fastest_peer')}) {mark(s.get('vs_fastest_peer'), TARGETS['vs_fastest_peer'])}; "
+            f"FLOP fraction {mark(s['flop_fraction'], TARGETS['flop_fraction'][s['model']])}; "
+            f"manual/autodiff step loop {mark(s.get('manual_over_autodiff_loop'), TARGETS['manual_over_autodiff'], False)}, "
+            f"scan {mark(s.get('manual_over_autodiff_scan'), TARGETS['manual_over_autodiff'], False)}; "
+            f"first compiled step s {mark(s.get('first_step_s'), TARGETS['first_step_s'], False)}")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """Where and when the numbers were taken."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
+    for name in ("flax", "equinox", "optax", "torch"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return {"cpu": model, "cores": os.cpu_count(), "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind), "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions, "load_average_start": os.getloadavg()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    images, labels, data_note = load_data(args.data)
+    meta = machine()
+    meta.update(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), data=data_note,
+                lr=args.lr, repeats=args.repeats)
+    print(f"bench: {meta['cpu']} ({meta['cores']} cores, {meta['backend']}), jax {jax.__version__}, "
+          f"data: {data_note}, load average {meta['load_average_start'][0]:.2f}", flush=True)
+    matmul = matmul_flop_rate(args.matmul_size)
+    meta["matmul_flops_per_s"] = matmul
+    print(f"reference: float32 {args.matmul_size}x{args.matmul_size} matmul at {matmul / 1e9:.1f} GFLOP/s", flush=True)
+    results = {"meta": meta, "configs": []}
+    for model in args.models:
+        for batch_size in args.batch_sizes:
+            start = time.perf_counter()
+            rows = run_config(model, batch_size, images, labels, args)
+            add_ratios(rows, matmul)
+            steps = args.steps or common.EPOCH_EXAMPLES // batch_size
+            summary = summarize(model, batch_size, rows)
+            results["configs"].append({"model": model, "batch_size": batch_size, "steps": steps,
+                                       "rows": rows, "summary": summary,
+                                       "wall_s": time.perf_counter() - start})
+            print(format_table(model, batch_size, steps, rows), flush=True)
+    meta["load_average_end"] = os.getloadavg()
+    print(format_summary([c["summary"] for c in results["configs"]]))
+    print(f"load average at start {meta['load_average_start'][0]:.2f}, at end {meta['load_average_end'][0]:.2f} "
+          f"({meta['cores']} cores); wrote {args.out}")
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

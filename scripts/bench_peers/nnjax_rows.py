@@ -1,0 +1,100 @@
+"""The nnjax rows, measured through nnjax's own training code: `nnjax.training.mlp_model` /
+`cnn_model` and `make_train_step`, the step `nnjax.training.train` runs, with plain SGD.
+
+As in `train`, the data stays on the device as uint8 (the step gathers and standardizes its
+batch) and the step's carry is donated; the batches are taken in the benchmark's fixed order.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bench_peers import common
+from nnjax import training
+
+GRAD_SOURCES = training.GRAD_SOURCES
+
+
+class DeviceData(NamedTuple):
+    """The `data` argument of nnjax's train step: the training set on the device."""
+    images: jax.Array
+    labels: jax.Array
+
+
+def _model(model: str) -> training.Model:
+    return training.mlp_model() if model == "mlp" else training.cnn_model()
+
+
+def _setup(model: str, data: common.EpochData, lr: float, grads: str, seed: int = 0):
+    net = _model(model)
+    optimizer = optax.sgd(lr)
+    step = training.make_train_step(net, optimizer, grads)
+    params, state = net.init(jax.random.key(seed))
+    n = data.steps * data.batch_size
+    device_data = DeviceData(jax.device_put(data.pixels.reshape(n, 28, 28)),
+                             jax.device_put(data.labels.reshape(n)))
+    batches = jax.device_put(np.arange(n, dtype=np.int32).reshape(data.steps, data.batch_size))
+    return step, (params, optimizer.init(params), state), device_data, batches
+
+
+def _fresh_carry(trained):
+    params, opt_state, state = trained
+    return params, opt_state, state, jnp.int32(0)
+
+
+def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
+    """nnjax's jitted train step called once per batch from Python (``epoch_mode="loop"``)."""
+    step, trained, device_data, batches = _setup(model, data, lr, grads)
+    jitted = jax.jit(step, donate_argnums=0)
+    holder = {"trained": trained, "compiled": None}
+
+    def first_step():
+        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"]), device_data, batches).compile()
+        carry, metrics = holder["compiled"](_fresh_carry(holder["trained"]), device_data, batches)
+        jax.block_until_ready((carry, metrics))
+        holder["trained"] = carry[:3]
+
+    def epoch():
+        carry = _fresh_carry(holder["trained"])
+        for _ in range(data.steps):
+            carry, _ = holder["compiled"](carry, device_data, batches)
+        jax.block_until_ready(carry)
+        holder["trained"] = carry[:3]
+
+    return common.Trainer(f"nnjax {grads} loop", "nnjax", first_step, epoch,
+                          common.step_flops(model, data.batch_size),
+                          lambda: common.xla_flops(holder["compiled"]))
+
+
+def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
+    """nnjax's train step as the body of one `lax.scan` over the epoch (``epoch_mode="scan"``).
+
+    Its warm-up is the ahead-of-time compile of the epoch (no step is run).
+    """
+    step, trained, device_data, batches = _setup(model, data, lr, grads)
+
+    def run_epoch(carry, device_data, batches):
+        return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=data.steps)
+
+    jitted = jax.jit(run_epoch, donate_argnums=0)
+    holder = {"trained": trained, "compiled": None}
+
+    def first_step():
+        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"]), device_data, batches).compile()
+
+    def epoch():
+        carry, metrics = holder["compiled"](_fresh_carry(holder["trained"]), device_data, batches)
+        jax.block_until_ready((carry, metrics))
+        holder["trained"] = carry[:3]
+
+    return common.Trainer(f"nnjax {grads} scan", "nnjax", first_step, epoch,
+                          common.step_flops(model, data.batch_size))
+
+
+def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.Trainer]:
+    """nnjax with autodiff and with hand-derived gradients, each as a loop and a scan epoch."""
+    return [make(model, data, lr, grads) for grads in GRAD_SOURCES for make in (loop_trainer, scan_trainer)]
