@@ -12,14 +12,19 @@ Three tools and one command:
 - ``python -m nnjax.gradcheck`` runs every hand-derived backward pass in `nnjax.backprop`
   against `jax.vjp` and against central differences, in float64, and prints one table.
 
-Example:
+Example (a 4-8-3 MLP on a batch of 16):
 
+    >>> loss = lambda p, X, Y: jnp.mean(losses.softmax_cross_entropy(
+    ...     jax.vmap(network.mlp_logits, (None, 0))(p, X), Y))
     >>> with jax.enable_x64(True):
-    ...     report = check(loss_fn, manual_grads, params, X, Y)
-    >>> print(report)
-    leaf         shape     max abs err  max rel err  status
-    layer 1 / W  (8, 4)    2.2e-16      1.1e-15      ok
-    ...
+    ...     print(check(loss, backprop.mlp_grads, params, X, Y))
+    leaf         shape   max abs err  max rel err  status
+    -----------  ------  -----------  -----------  ------
+    layer 1 / W  (8, 4)  0.0e+00      0.0e+00      ok
+    layer 1 / b  (8,)    0.0e+00      0.0e+00      ok
+    layer 2 / W  (3, 8)  0.0e+00      0.0e+00      ok
+    layer 2 / b  (3,)    0.0e+00      0.0e+00      ok
+    all 4 leaves agree (|a - b| <= 1e-07 + 1e-05 |b|)
 """
 from __future__ import annotations
 
@@ -528,13 +533,22 @@ def _mlp_grads_mse_case() -> Case:
 
 def _cnn_case() -> Case:
     def make(rng):
-        params, state = network.cnn_init(jax.random.key(int(rng.integers(2 ** 31))), in_shape=(1, 12, 11),
-                                         channels=(2, 3), hidden=5, classes=3)
-        params = jax.tree_util.tree_map(lambda a: a + _normal(rng, *a.shape, scale=0.1), params)
-        X, Y = _normal(rng, 4, 1, 12, 11), _one_hot(rng, 4, 3)
+        in_shape, batch, classes = (1, 12, 11), 4, 3
+        shapes = jax.eval_shape(lambda key: network.cnn_init(key, in_shape=in_shape, channels=(2, 3),
+                                                             hidden=5, classes=classes),
+                                jax.random.key(0))
+        params = jax.tree_util.tree_map(lambda s: _normal(rng, *s.shape, scale=_fan_in(s.shape) ** -0.5),
+                                        shapes[0])
+        state = jax.tree_util.tree_map(lambda s: np.ones(s.shape), shapes[1])
+        X, Y = _normal(rng, batch, *in_shape), _one_hot(rng, batch, classes)
         return params, lambda p: network.cnn_loss(p, state, X, Y)[0], _scaled(
             lambda p: backprop.cnn_grads(p, state, X, Y)[0])
     return Case("cnn_grads", "x 1x12x11, channels 2-3, hidden 5, batch 4", make)
+
+
+def _fan_in(shape: tuple) -> int:
+    """Inputs per output unit of a weight (C_in kh kw for conv, n_in for dense); 1 for vectors."""
+    return int(np.prod(shape[1:])) if len(shape) > 1 else 1
 
 
 CASES: list[Case] = [
@@ -626,6 +640,9 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[Case] | None = None)
     with jax.enable_x64(True):
         results = [run_case(case, np.random.default_rng([args.seed, _stable_hash(case.name)]))
                    for case in cases]
+    print("Hand-derived gradients (nnjax.backprop) vs autodiff (jax.vjp) and vs central "
+          "differences (eps = 1e-6), in float64.\nEach error is max |manual - other| over the "
+          "gradient's entries.\n")
     print(_results_table(results))
     for res in results:
         if res.error:

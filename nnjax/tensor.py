@@ -98,8 +98,9 @@ def _reshape_rule(x: Shape, *, shape) -> Shape:
             raise ValueError(f"reshape: cannot reshape {x} to {target}: {reason}")
         target = tuple(size // known if d == -1 else d for d in target)
     elif known != size:
-        raise ValueError(f"reshape: cannot reshape {x} to {target}: "
-                         f"{size} elements cannot fill {known}")
+        reason = (f"{size} elements cannot fill {known}" if size < known else
+                  f"{size} elements do not fit in {known}")
+        raise ValueError(f"reshape: cannot reshape {x} to {target}: {reason}")
     return target
 
 

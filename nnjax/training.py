@@ -29,24 +29,29 @@ import os
 import platform
 import time
 import uuid
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from nnjax._checks import check_choice, check_positive_int
 from nnjax.activations import activation_name, get_activation
+from nnjax.backprop import cnn_grads, mlp_grads
+from nnjax.data import load_mnist
+from nnjax.gradcheck import compare
 from nnjax.losses import softmax_cross_entropy
+from nnjax.network import cnn_apply, cnn_init, mlp_init, mlp_logits
 
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
     "SCHEDULES", "EPOCH_MODE_DEFAULTS", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_train_step",
     "make_evaluate", "evaluate", "compare_gradient_sources", "save_checkpoint",
-    "load_checkpoint", "plot_curves", "train",
+    "load_checkpoint", "plot_curves", "ResumeError", "train", "CHECKPOINT_FILE", "METRICS_FILE",
+    "RESULTS_FILE", "CURVES_FILE",
 ]
 
 NUM_CLASSES = 10
@@ -122,9 +127,6 @@ def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
     Returns:
       A `Model` whose manual gradients are `nnjax.backprop.mlp_grads`.
     """
-    from nnjax.backprop import mlp_grads
-    from nnjax.network import mlp_init, mlp_logits
-
     sizes = tuple(sizes)
     if len(sizes) < 2 or sizes[0] != 28 * 28 or sizes[-1] != NUM_CLASSES:
         raise ValueError(f"mlp_model: sizes={sizes} must start with 784 (28 x 28 pixels) and "
@@ -149,15 +151,21 @@ def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
                  {"model": "mlp", "sizes": list(sizes), "activation": name, "init": init})
 
 
-def cnn_model() -> Model:
-    """The CNN of `nnjax.network.cnn_apply` (conv-BN-ReLU-pool twice, then dense layers).
+def cnn_model(channels=(32, 64), hidden=128) -> Model:
+    """The CNN of `nnjax.network.cnn_apply` (conv-BN-ReLU-pool per block, then dense-ReLU-dense).
+
+    Args:
+      channels: output channels of each conv block (`nnjax.network.cnn_init`).
+      hidden: width of the hidden dense layer.
 
     Returns:
       A `Model` whose state is the batch-norm running statistics and whose manual gradients
       are `nnjax.backprop.cnn_grads`.
     """
-    from nnjax.backprop import cnn_grads
-    from nnjax.network import cnn_apply, cnn_init
+    channels = tuple(channels)
+
+    def init_fn(key):
+        return cnn_init(key, channels=channels, hidden=hidden)
 
     def apply(params, state, inputs, train):
         per_example = lambda x: cnn_apply(params, state, x, train=train, axis_name="batch")
@@ -167,7 +175,8 @@ def cnn_model() -> Model:
     def prepare(images):
         return _standardize(images)[:, None, :, :]
 
-    return Model("cnn", cnn_init, apply, prepare, cnn_grads, {"model": "cnn"})
+    return Model("cnn", init_fn, apply, prepare, cnn_grads,
+                 {"model": "cnn", "channels": list(channels), "hidden": hidden})
 
 
 class Splits(NamedTuple):
@@ -196,8 +205,6 @@ def load_splits(limit_train: int | None = None, val: int = 0) -> Splits:
     Returns:
       `Splits`.
     """
-    from nnjax.data import load_mnist
-
     train_images, train_labels = load_mnist("train")
     test_images, test_labels = load_mnist("test")
     n = len(train_labels)
@@ -461,8 +468,6 @@ def compare_gradient_sources(model: Model, params, state, inputs, targets,
             jax.block_until_ready(fn(params, state, inputs, targets))
             elapsed.append(time.perf_counter() - start)
         times[name] = 1000 * float(np.median(elapsed))
-    from nnjax.gradcheck import compare
-
     report = compare(grads["autodiff"], grads["manual"], rtol=1e-3, atol=1e-5)
     return {"passed": bool(report.passed), "report": str(report),
             "autodiff_ms": times["autodiff"], "manual_ms": times["manual"]}
@@ -558,6 +563,10 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
     fig.savefig(path, dpi=100)
 
 
+class ResumeError(ValueError):
+    """A run cannot resume: no checkpoint, or one from different settings or a different model."""
+
+
 def _compile(fn: Callable, *args, donate: bool = False):
     """Ahead-of-time compiles `fn` for `args`; returns (compiled, seconds)."""
     start = time.perf_counter()
@@ -604,7 +613,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         raise ValueError(f"train: config.n_train={config.n_train} but the training set has "
                          f"{len(splits.train_labels)} examples")
     if resume and out_dir is None:
-        raise ValueError("train: resume=True needs out_dir (where the checkpoint is)")
+        raise ResumeError("train: resume=True needs out_dir (where the checkpoint is)")
     epoch_mode = resolve_epoch_mode(config.epoch_mode, model.kind)
     config_dict = dataclasses.asdict(config)
     steps, batch_size = config.steps_per_epoch, config.batch_size
@@ -619,14 +628,17 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         os.makedirs(out_dir, exist_ok=True)
     if resume:
         if not os.path.exists(checkpoint_path):
-            raise FileNotFoundError(f"train: --resume given but there is no checkpoint at "
+            raise ResumeError(f"train: --resume given but there is no checkpoint at "
                                     f"{checkpoint_path}; run without --resume to start afresh")
         template = (params, opt_state, state, jax.random.key_data(shuffle_key))
-        restored, meta = load_checkpoint(checkpoint_path, template)
+        try:
+            restored, meta = load_checkpoint(checkpoint_path, template)
+        except ValueError as error:
+            raise ResumeError(f"train: cannot resume: {error}") from None
         expected = json.loads(json.dumps(config_dict))
         if meta["config"] != expected:
             changed = sorted(k for k in expected if meta["config"].get(k) != expected[k])
-            raise ValueError(f"train: the checkpoint in {out_dir} comes from a different config "
+            raise ResumeError(f"train: the checkpoint in {out_dir} comes from a different config "
                              f"(differs in {changed}); resume with the same settings or start afresh")
         params, opt_state, state, key_data = restored
         shuffle_key = jax.random.wrap_key_data(jnp.asarray(key_data))

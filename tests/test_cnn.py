@@ -50,16 +50,22 @@ def test_default_network_shapes():
 def test_eval_forward_is_the_composition_of_the_layers():
     params, state = _perturbed(jax.random.PRNGKey(1), *cnn_init(jax.random.PRNGKey(2), **SMALL))
     x = jax.random.normal(jax.random.PRNGKey(3), SMALL["in_shape"])
-    h = x
-    for i in (1, 2):
-        z = conv2d(params[f"conv{i}"], h)
-        bn, st = params[f"bn{i}"], state[f"bn{i}"]
-        u = (bn["gamma"][:, None, None] * (z - st["mean"][:, None, None])
-             / jnp.sqrt(st["var"][:, None, None] + 1e-5) + bn["beta"][:, None, None])
-        h = max_pool2d(jnp.maximum(u, 0.0), 2)
-    hidden = jnp.maximum(params["dense1"]["W"] @ h.reshape(-1) + params["dense1"]["b"], 0.0)
-    expected = params["dense2"]["W"] @ hidden + params["dense2"]["b"]
-    logits, new_state = cnn_apply(params, state, x, train=False)
+
+    @jax.jit
+    def composition(params, state, x):
+        h = x
+        for i in (1, 2):
+            z = conv2d(params[f"conv{i}"], h)
+            bn, st = params[f"bn{i}"], state[f"bn{i}"]
+            u = (bn["gamma"][:, None, None] * (z - st["mean"][:, None, None])
+                 / jnp.sqrt(st["var"][:, None, None] + 1e-5) + bn["beta"][:, None, None])
+            h = max_pool2d(jnp.maximum(u, 0.0), 2)
+        hidden = jnp.maximum(params["dense1"]["W"] @ h.reshape(-1) + params["dense1"]["b"], 0.0)
+        return params["dense2"]["W"] @ hidden + params["dense2"]["b"]
+
+    expected = composition(params, state, x)
+    logits, _ = jax.jit(lambda p, s, x: cnn_apply(p, s, x, train=False))(params, state, x)
+    _, new_state = cnn_apply(params, state, x, train=False)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     assert new_state is state
 

@@ -1,5 +1,6 @@
 """nnjax.gradcheck: compare, numerical_grad, check, and the `python -m nnjax.gradcheck` command."""
 import collections
+import pathlib
 import re
 import subprocess
 import sys
@@ -217,9 +218,10 @@ def test_every_case_name_is_unique():
 def test_command_checks_every_layer_and_all_agree():
     """`python -m nnjax.gradcheck` in a fresh process: exit 0, one ok row per gradient."""
     run = subprocess.run([sys.executable, "-m", "nnjax.gradcheck"], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
+    lines = lines[lines.index("") + 1:]  # after the title
     header = lines[0].split()
     assert header[:3] == ["case", "gradient", "shape"] and header[-1] == "status"
     rows = lines[2:lines.index("")]

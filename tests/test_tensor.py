@@ -165,6 +165,7 @@ def test_broadcast_property(a, b):
 ERRORS = [
     ("reshape", [(2, 3, 4)], {"shape": (5, 5)},
      r"reshape: cannot reshape \(2, 3, 4\) to \(5, 5\): 24 elements cannot fill 25"),
+    ("reshape", [(2, 3, 4)], {"shape": (5,)}, r"cannot reshape \(2, 3, 4\) to \(5,\): 24 elements do not fit in 5"),
     ("reshape", [(2, 3)], {"shape": (-1, -1)}, r"only one size may be -1.*got 2"),
     ("reshape", [(2, 3)], {"shape": (4, -1)}, r"6 elements do not divide into groups of 4"),
     ("reshape", [(0, 3)], {"shape": (0, -1)}, r"the other sizes hold 0 elements, so -1 is undetermined"),

@@ -1,2 +1,114 @@
-"""Placeholder until written."""
-__all__ = []
+"""Hand-derived backward pass of the convolutional layer (no jax.grad / jax.vjp).
+
+Forward, on the zero-padded input P = pad(x) (C_in, Hp, Wp) with stride s:
+
+    z_{o,i,j} = sum_{c,m,n} P_{c, i*s+m, j*s+n} W_{o,c,m,n} + b_o
+
+Differentiating the sum term by term with the upstream delta_{o,i,j} = dL/dz_{o,i,j}:
+
+    dL/db_o       = sum_{i,j} delta_{o,i,j}
+    dL/dW_{o,c,m,n} = sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}
+                  -> the correlation of P with delta dilated by s (s - 1 zeros between its
+                     entries), one (kh, kw) map per pair (o, c)
+    dL/dP_{c,p,q} = sum_{o,i,j,m,n : i*s+m = p, j*s+n = q} delta_{o,i,j} W_{o,c,m,n}
+                  -> the FULL convolution of the dilated delta (padded by k - 1 on each side)
+                     with the kernel flipped in both spatial axes, in and out channels swapped
+    dL/dx         = dL/dP with the padding cropped off.
+
+The batch-level functions `conv2d_weight_grad` and `conv2d_input_grad` compute these for a
+batch of examples with ONE `lax.conv_general_dilated` each (for dW the batch axis is contracted
+inside the convolution, so the per-example weight gradients are never materialized).
+`conv2d_backward` is the per-example contract, a batch of one.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from nnjax._checks import check_shape
+from nnjax.layers.conv import check_conv_args, conv_output_shape
+
+__all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
+
+
+def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
+    """Rows/columns of the padded input below/right of the last window (dropped by the floor)."""
+    return tuple(n + lo + hi - (s * (o - 1) + k)
+                 for n, k, s, (lo, hi), o in zip(in_hw, kernel_hw, stride, pads, out_hw))
+
+
+def conv2d_weight_grad(X, delta, kernel_hw, stride, pads):
+    """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)).
+
+    dW_{o,c,m,n} = sum_{batch} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}: a convolution whose
+    "batch" axis is c, whose contracted feature axis is the example index, whose kernel is
+    delta dilated by the stride (`rhs_dilation`), on the input padded by `pads` less the
+    rows no window reaches (so the result is exactly (kh, kw)).
+
+    Args:
+      X: (N, C_in, H, W) layer inputs.
+      delta: (N, C_out, H', W') upstream gradients dL/dz.
+      kernel_hw: (kh, kw).
+      stride: (sh, sw).
+      pads: ((top, bottom), (left, right)), as `nnjax.layers.conv_padding` resolves them.
+
+    Returns:
+      dW: (C_out, C_in, kh, kw).
+    """
+    unused = _unused_rows(X.shape[2:], kernel_hw, stride, pads, delta.shape[2:])
+    padding = [(lo, hi - u) for (lo, hi), u in zip(pads, unused)]
+    return lax.conv_general_dilated(
+        X, delta, window_strides=(1, 1), padding=padding, rhs_dilation=stride,
+        dimension_numbers=("CNHW", "IOHW", "CNHW"))
+
+
+def conv2d_input_grad(W, delta, in_hw, stride, pads):
+    """dL/dx for a batch: the full convolution of the dilated delta with the flipped kernel.
+
+    dx = crop(full_conv(dilate_s(delta), flip(W))): delta dilated by the stride
+    (`lhs_dilation`), padded by k - 1 on each side (the "full" convolution) minus the input
+    padding that is cropped off (plus the unused rows, which get zero gradient), correlated
+    with W flipped in (m, n) and with in/out channels swapped.
+
+    Args:
+      W: (C_out, C_in, kh, kw).
+      delta: (N, C_out, H', W').
+      in_hw: (H, W) of the layer input.
+      stride: (sh, sw).
+      pads: ((top, bottom), (left, right)).
+
+    Returns:
+      dx: (N, C_in, H, W).
+    """
+    kernel_hw = W.shape[2:]
+    unused = _unused_rows(in_hw, kernel_hw, stride, pads, delta.shape[2:])
+    padding = [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
+    return lax.conv_general_dilated(
+        delta, W[:, :, ::-1, ::-1], window_strides=(1, 1), padding=padding, lhs_dilation=stride,
+        dimension_numbers=("NCHW", "IOHW", "NCHW"))
+
+
+def conv2d_backward(params, x, delta, stride=1, padding="valid"):
+    """Gradients of one example's conv layer from delta = dL/dz.
+
+    dL/db_o = sum_{i,j} delta_{o,i,j};  dL/dW = corr(pad(x), dilate_s(delta));
+    dL/dx = crop(full_conv(dilate_s(delta), flip(W))) (derivation in this module's docstring).
+
+    Args:
+      params: {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
+      x: (C_in, H, W), the layer input of the forward pass.
+      delta: (C_out, H', W'), dL/dz for the layer output z = conv2d(params, x, stride, padding).
+      stride, padding: as `conv2d`.
+
+    Returns:
+      ({"W": (C_out, C_in, kh, kw), "b": (C_out,)}, dx: (C_in, H, W)).
+    """
+    fn = "conv2d_backward"
+    W, b, x, stride, pads = check_conv_args(fn, params, x, stride, padding)
+    out_hw = conv_output_shape(x.shape[1:], W.shape[2:], stride, pads)
+    check_shape(fn, "delta", delta, (W.shape[0], *out_hw),
+                f" = (C_out, H', W'), the output of conv2d for x {x.shape} and W {W.shape}")
+    delta = jnp.asarray(delta, x.dtype)
+    dW = conv2d_weight_grad(x[None], delta[None], W.shape[2:], stride, pads)
+    dx = conv2d_input_grad(W, delta[None], x.shape[1:], stride, pads)[0]
+    return {"W": dW, "b": jnp.sum(delta, axis=(1, 2))}, dx

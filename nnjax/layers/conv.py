@@ -112,7 +112,7 @@ def conv_padding(in_hw, kernel_size, stride, padding, fn: str = "conv_padding") 
     return (ph, ph), (pw, pw)
 
 
-def conv2d_init(key, c_in, c_out, kernel_size, init="he") -> dict:
+def conv2d_init(key, c_in, c_out, kernel_size, init="he", dtype=jnp.float32) -> dict:
     """Kernels and biases of a conv layer.
 
     Args:
@@ -122,6 +122,7 @@ def conv2d_init(key, c_in, c_out, kernel_size, init="he") -> dict:
       kernel_size: int k or pair (kh, kw).
       init: "he" | "xavier" | "lecun" | "zeros", as `dense_init`, with fan_in = C_in*kh*kw
         and fan_out = C_out*kh*kw.
+      dtype: floating dtype of W and b.
 
     Returns:
       {"W": (C_out, C_in, kh, kw), "b": (C_out,) zeros}; c_out*c_in*kh*kw + c_out parameters.
@@ -130,7 +131,7 @@ def conv2d_init(key, c_in, c_out, kernel_size, init="he") -> dict:
     c_in = check_positive_int(fn, "c_in", c_in)
     c_out = check_positive_int(fn, "c_out", c_out)
     kh, kw = as_pair(fn, "kernel_size", kernel_size)
-    W = init_weights(key, (c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, init)
+    W = init_weights(key, (c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, init, dtype)
     return {"W": W, "b": jnp.zeros((c_out,), W.dtype)}
 
 

@@ -149,7 +149,7 @@ def cnn_forward(params, state, x, *, train, axis_name="batch"):
     cache["dense1"] = dense(params["dense1"], cache["flat"])
     cache["hidden"] = relu(cache["dense1"])
     cache["logits"] = dense(params["dense2"], cache["hidden"])
-    return cache["logits"], new_state, cache
+    return cache["logits"], (new_state if train else state), cache
 
 
 def cnn_apply(params, state, x, *, train, axis_name="batch"):

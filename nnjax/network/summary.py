@@ -62,10 +62,10 @@ def _mlp_rows(params, input_shape) -> list[SummaryRow]:
 
 def _cnn_output_shapes(params, input_shape) -> dict:
     """Shapes of every value `cnn_forward` caches for one example of `input_shape`, computing nothing."""
-    state = {name: {"mean": jnp.zeros_like(p["gamma"]), "var": jnp.ones_like(p["gamma"])}
+    state = {name: {stat: jax.ShapeDtypeStruct(np.shape(p["gamma"]), jnp.float32) for stat in ("mean", "var")}
              for name, p in params.items() if name.startswith("bn")}
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    cache = jax.eval_shape(lambda image: cnn_forward(params, state, image, train=False)[2], x)
+    cache = jax.eval_shape(lambda p, s, image: cnn_forward(p, s, image, train=False)[2], params, state, x)
     return {name: tuple(value.shape) for name, value in cache.items()}
 
 
@@ -102,7 +102,9 @@ def summary_rows(params, input_shape=None) -> list[SummaryRow]:
 
     Args:
       params: an MLP's list of {"W", "b"} (as `mlp_init` returns) or the CNN's dict
-        {"conv1", "bn1", ..., "dense1", "dense2"} (as `cnn_init` returns).
+        {"conv1", "bn1", ..., "dense1", "dense2"} (as `cnn_init` returns); arrays, or
+        `jax.ShapeDtypeStruct`s such as `jax.eval_shape(cnn_init, key)` gives, since only
+        shapes are read.
       input_shape: the shape of one example: (n_0,) for an MLP (checked against W^[1]), or
         (C, H, W) for the CNN, needed there for the conv blocks' output shapes (without it they
         are unknown, None).

@@ -68,7 +68,7 @@ def _draw_state(ax, X, y, w, b, *, highlight: int | None = None, limits: float =
       The number of misclassified points.
     """
     w, b = np.asarray(w, dtype=np.float64), float(b)
-    grid = np.linspace(-limits, limits, 300)
+    grid = np.linspace(-limits, limits, 200)
     xx, yy = np.meshgrid(grid, grid)
     field = w[0] * xx + w[1] * yy + b
     ax.contourf(xx, yy, np.where(field >= 0, 1.0, -1.0), levels=[-2, 0, 2], colors=[NEGATIVE, POSITIVE], alpha=0.12)

@@ -1,0 +1,158 @@
+"""The command line shared by the MNIST experiments: flags, checks, and the run itself."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nnjax import training
+from nnjax.data import DataError
+
+__all__ = ["build_parser", "config_from_args", "run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def build_parser(name: str, description: str, defaults: dict) -> argparse.ArgumentParser:
+    """The experiments' shared flags, with this experiment's `defaults` shown in --help.
+
+    Args:
+      name: the experiment's name; its output goes to ``runs/<name>`` by default.
+      description: the --help text.
+      defaults: defaults for epochs, batch_size, lr, optimizer, schedule, warmup_epochs,
+        weight_decay, label_smoothing.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"experiments/{name}.py", description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = parser.add_argument_group("run")
+    run.add_argument("--epochs", type=_positive_int, default=defaults["epochs"],
+                     help="passes over the training set")
+    run.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"],
+                     help="examples per optimizer step")
+    run.add_argument("--lr", type=_positive_float, default=defaults["lr"],
+                     help="peak learning rate")
+    run.add_argument("--seed", type=_non_negative_int, default=0,
+                     help="seed of initialization and shuffling; same seed and device, same numbers")
+    run.add_argument("--out", default=os.path.join("runs", name),
+                     help="folder for checkpoint.npz, metrics.jsonl, results.json, curves.png")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint (same settings)")
+    run.add_argument("--grads", choices=training.GRAD_SOURCES, default="autodiff",
+                     help="gradients from jax.value_and_grad or from the hand-derived backprop")
+    run.add_argument("--gradcheck", action=argparse.BooleanOptionalAction, default=None,
+                     help="compare autodiff and manual gradients on the first batch and time "
+                          "both (default: on with --grads manual)")
+    run.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
+                     help="one lax.scan per epoch, a Python loop over the jitted step, or the "
+                          "measured default for this model and backend")
+    opt = parser.add_argument_group("optimizer")
+    opt.add_argument("--optimizer", choices=training.OPTIMIZERS, default=defaults["optimizer"],
+                     help="optax optimizer (sgd uses Nesterov momentum 0.9)")
+    opt.add_argument("--schedule", choices=training.SCHEDULES, default=defaults["schedule"],
+                     help="learning-rate schedule: warm-up then cosine decay, one-cycle, constant")
+    opt.add_argument("--warmup-epochs", type=_non_negative_float, default=defaults["warmup_epochs"],
+                     help="linear warm-up of the cosine schedule, in epochs")
+    opt.add_argument("--weight-decay", type=_non_negative_float, default=defaults["weight_decay"],
+                     help="decoupled weight decay (adamw only)")
+    opt.add_argument("--label-smoothing", type=_non_negative_float,
+                     default=defaults["label_smoothing"],
+                     help="train on targets (1 - s) one_hot + s / 10")
+    data = parser.add_argument_group("data")
+    data.add_argument("--limit-train", type=_positive_int, default=None,
+                      help="train on the first N training images only (smoke tests)")
+    data.add_argument("--val", type=_non_negative_int, default=0,
+                      help="hold out the last N training images as a validation set scored each "
+                           "epoch (the test set is then scored once, at the end)")
+    data.add_argument("--eval-batch-size", type=_positive_int, default=1000,
+                      help="examples per evaluation call")
+    output = parser.add_argument_group("output")
+    output.add_argument("--no-progress", action="store_true", help="no progress bars")
+    output.add_argument("--stop-after-epoch", type=_positive_int, default=None,
+                        help="stop after this epoch's checkpoint, as if killed; --resume continues")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, model: training.Model,
+                     n_train: int) -> training.TrainConfig:
+    """The run's `TrainConfig` from parsed flags; raises ValueError for a bad combination."""
+    config = training.TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        grads=args.grads, epoch_mode=args.epoch_mode, optimizer=args.optimizer,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        eval_batch_size=args.eval_batch_size, model=model.describe, n_train=n_train)
+    config.validate()
+    return config
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: training.Model) -> dict:
+    """Loads MNIST, trains `model` as `args` say, prints the test accuracy; returns the results.
+
+    Bad settings, missing data and an unusable checkpoint end the program with a one-line
+    error (exit status 2 for flags, 1 otherwise) instead of a traceback.
+    """
+    try:
+        splits = training.load_splits(args.limit_train, args.val)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        config = config_from_args(args, model, len(splits.train_labels))
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    check_grads = args.grads == "manual" if args.gradcheck is None else args.gradcheck
+    try:
+        results = training.train(model, splits, config, out_dir=args.out, resume=args.resume,
+                                 stop_after_epoch=args.stop_after_epoch, check_grads=check_grads,
+                                 progress=not args.no_progress)
+    except training.ResumeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if "test_accuracy" in results:
+        print(f"results in {args.out}/: {training.RESULTS_FILE}, {training.METRICS_FILE}, "
+              f"{training.CURVES_FILE}, {training.CHECKPOINT_FILE}")
+        print(f"training {results['train_time_s']:.1f}s ({results['samples_per_s'] / 1000:.1f}k "
+              f"samples/s), compilation {results['compile_time_s']:.1f}s, on {results['device']}")
+        print(f"test accuracy: {100 * results['test_accuracy']:.2f}%")
+    return results

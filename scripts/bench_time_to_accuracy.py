@@ -1,0 +1,205 @@
+"""Seconds of training nnjax needs to reach a test accuracy: 98% for the MLP, 99% for the CNN.
+
+Trains with nnjax's own training code (`nnjax.training`: the model, `make_optimizer`,
+`make_train_step`, `make_evaluate`, the epoch mode `auto` picks) and scores the MNIST test
+set every --eval-every steps. The clock runs only while training steps run: compilation is
+timed apart, and evaluation is not counted. Each seed reshuffles and reinitializes; the
+script reports each seed and the mean.
+
+    python scripts/bench_time_to_accuracy.py                     # both models, 3 seeds
+    python scripts/bench_time_to_accuracy.py --models cnn --seeds 1
+    python scripts/bench_time_to_accuracy.py --data synthetic --steps 2 --seeds 1   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nnjax import training  # noqa: E402
+
+SETTINGS = {
+    "mlp": {"target": 0.98, "batch_size": 128, "epochs": 8, "optimizer": "adamw", "lr": 3e-3,
+            "schedule": "cosine", "warmup_epochs": 0.5, "weight_decay": 1e-4, "eval_every": 100},
+    "cnn": {"target": 0.99, "batch_size": 128, "epochs": 3, "optimizer": "adamw", "lr": 3e-3,
+            "schedule": "cosine", "warmup_epochs": 0.2, "weight_decay": 1e-4, "eval_every": 50},
+}
+"""Per model: the accuracy to reach and the training settings (the schedule spans `epochs`;
+the run stops as soon as the target is reached)."""
+EVAL_BATCH = 1000
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="mlp,cnn", help="comma-separated, from: mlp, cnn")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per model (seeds 0, 1, ...)")
+    parser.add_argument("--data", choices=("real", "synthetic"), default="real",
+                        help="real MNIST, or random data of its shape for a smoke run (no target is reachable)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stop after this many steps even if the target is not reached (smoke runs)")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default per model)")
+    parser.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
+                        help="nnjax's epoch mode: scan, loop, or auto (the measured default per model)")
+    parser.add_argument("--grads", choices=training.GRAD_SOURCES, default="autodiff")
+    parser.add_argument("--set", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                        help="override a setting of SETTINGS, e.g. --set mlp.lr=3e-3 (repeatable)")
+    parser.add_argument("--out", default="time_to_accuracy.json", help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    args.settings = {name: dict(values) for name, values in SETTINGS.items()}
+    for override in args.set:
+        key, _, value = override.partition("=")
+        model, _, name = key.partition(".")
+        if model not in SETTINGS or name not in SETTINGS[model] or not value:
+            parser.error(f"--set {override!r}: expected MODEL.KEY=VALUE with MODEL in {list(SETTINGS)} "
+                         f"and KEY in {list(SETTINGS['mlp'])}")
+        args.settings[model][name] = type(SETTINGS[model][name])(value)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in SETTINGS]
+    if unknown or not args.models:
+        parser.error(f"--models: unknown {unknown}; allowed: mlp, cnn")
+    if args.seeds < 1 or (args.steps is not None and args.steps < 1) or (args.eval_every or 1) < 1:
+        parser.error("--seeds, --steps and --eval-every must be >= 1")
+    return args
+
+
+def load_data(kind: str):
+    """(train images, train labels, test images, test labels): uint8 images, int32 labels."""
+    if kind == "real":
+        from nnjax.data import load_mnist
+
+        try:
+            train, test = load_mnist("train"), load_mnist("test")
+        except Exception as error:  # noqa: BLE001 - the loader's message says how to fix it
+            raise SystemExit(f"bench_time_to_accuracy: MNIST cannot be loaded: {error}")
+        return train[0], train[1].astype(np.int32), test[0], test[1].astype(np.int32)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(70_000, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=70_000).astype(np.int32)
+    return images[:60_000], labels[:60_000], images[60_000:], labels[60_000:]
+
+
+class TrainingData(NamedTuple):
+    """The training set on the device, as nnjax's train step indexes it (uint8 images, labels)."""
+    images: jax.Array
+    labels: jax.Array
+
+
+def run_seed(model_name: str, seed: int, data, settings: dict, args) -> dict:
+    """One training run; returns the train seconds at which the target was first met (or None)."""
+    train_images, train_labels, test_images, test_labels = data
+    model = training.mlp_model() if model_name == "mlp" else training.cnn_model()
+    config = training.TrainConfig(
+        epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"], seed=seed,
+        grads=args.grads, epoch_mode=args.epoch_mode, optimizer=settings["optimizer"],
+        schedule=settings["schedule"], warmup_epochs=settings["warmup_epochs"],
+        weight_decay=settings["weight_decay"], model=model.describe, n_train=len(train_labels))
+    config.validate()
+    mode = training.resolve_epoch_mode(config.epoch_mode, model.kind)
+    eval_every = args.eval_every or settings["eval_every"]
+    total_steps = config.epochs * config.steps_per_epoch
+    if args.steps is not None:
+        total_steps = min(total_steps, args.steps)
+    eval_every = min(eval_every, total_steps)
+
+    init_key, shuffle_key = jax.random.split(jax.random.key(seed))
+    params, state = model.init(init_key)
+    optimizer = training.make_optimizer(config)
+    step = training.make_train_step(model, optimizer, config.grads)
+    n_batched = config.steps_per_epoch * config.batch_size
+    batches = jnp.concatenate([
+        jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), config.n_train)[:n_batched]
+        .reshape(config.steps_per_epoch, config.batch_size) for epoch in range(config.epochs)])
+    device_data = TrainingData(jax.device_put(train_images), jax.device_put(train_labels))
+    test_x, test_y = jax.device_put(test_images), jax.device_put(test_labels)
+    mask = jnp.ones((EVAL_BATCH,), jnp.float32)
+    carry = (params, optimizer.init(params), state, jnp.int32(0))
+
+    start = time.perf_counter()
+    if mode == "scan":
+        def chunk(carry, device_data, batches):
+            return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=eval_every)
+        advance = jax.jit(chunk, donate_argnums=0).lower(carry, device_data, batches).compile()
+    else:
+        advance = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile()
+    evaluate_batch = jax.jit(training.make_evaluate(model)).lower(
+        params, state, test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask).compile()
+    compile_s = time.perf_counter() - start
+
+    def test_accuracy(params, state) -> float:
+        correct = [evaluate_batch(params, state, test_x[i:i + EVAL_BATCH], test_y[i:i + EVAL_BATCH], mask)[1]
+                   for i in range(0, len(test_labels) - EVAL_BATCH + 1, EVAL_BATCH)]
+        return float(np.sum(jax.device_get(correct))) / (len(correct) * EVAL_BATCH)
+
+    train_s, eval_s, done, curve, reached = 0.0, 0.0, 0, [], None
+    while done + eval_every <= total_steps:
+        start = time.perf_counter()
+        if mode == "scan":
+            carry, _ = advance(carry, device_data, batches)
+        else:
+            for _ in range(eval_every):
+                carry, _ = advance(carry, device_data, batches)
+        jax.block_until_ready(carry)
+        train_s += time.perf_counter() - start
+        done += eval_every
+        start = time.perf_counter()
+        accuracy = test_accuracy(carry[0], carry[2])
+        eval_s += time.perf_counter() - start
+        curve.append({"step": done, "train_s": train_s, "test_accuracy": accuracy})
+        if accuracy >= settings["target"]:
+            reached = {"step": done, "epochs": done / config.steps_per_epoch, "train_s": train_s,
+                       "test_accuracy": accuracy}
+            break
+    return {"seed": seed, "epoch_mode": mode, "compile_s": compile_s, "eval_s": eval_s,
+            "train_s": train_s, "steps": done, "reached": reached, "curve": curve}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = load_data(args.data)
+    results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        "jax": jax.__version__, "backend": jax.default_backend(), "cores": os.cpu_count(),
+                        "data": args.data, "grads": args.grads,
+                        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                        "load_average_start": os.getloadavg()},
+               "models": {}}
+    for model_name in args.models:
+        settings = args.settings[model_name]
+        runs = []
+        for seed in range(args.seeds):
+            run = run_seed(model_name, seed, data, settings, args)
+            runs.append(run)
+            hit = run["reached"]
+            print(f"{model_name} seed {seed}: " + (
+                f"{100 * hit['test_accuracy']:.2f}% after {hit['train_s']:.1f} s of training "
+                f"({hit['step']} steps, {hit['epochs']:.2f} epochs)" if hit else
+                f"target {100 * settings['target']:.0f}% not reached in {run['steps']} steps "
+                f"({run['train_s']:.1f} s; last {100 * run['curve'][-1]['test_accuracy']:.2f}%)" if run["curve"] else
+                "no evaluation ran") + f"; compile {run['compile_s']:.1f} s, {run['epoch_mode']} epochs", flush=True)
+        times = [r["reached"]["train_s"] for r in runs if r["reached"]]
+        summary = {"target": settings["target"], "settings": settings, "runs": runs,
+                   "reached": len(times), "mean_train_s": float(np.mean(times)) if len(times) == len(runs) else None,
+                   "mean_compile_s": float(np.mean([r["compile_s"] for r in runs]))}
+        results["models"][model_name] = summary
+        mean = f"{summary['mean_train_s']:.1f} s" if summary["mean_train_s"] is not None else \
+            f"not reached by every seed ({len(times)}/{len(runs)})"
+        print(f"{model_name}: time to {100 * settings['target']:.0f}% test accuracy, mean over "
+              f"{len(runs)} seeds: {mean} (compile {summary['mean_compile_s']:.1f} s, excluded)", flush=True)
+    results["meta"]["load_average_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""nnjax.viz: every figure renders headless to a PNG of the documented size, with the right numbers."""
+import os
+import struct
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.image  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from nnjax import data  # noqa: E402
+from nnjax.layers import perceptron_fit  # noqa: E402
+from nnjax.network import trace_backward, trace_forward  # noqa: E402
+from nnjax import viz  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGIT = np.zeros((28, 28), np.float32)
+DIGIT[6:22, 12:16] = 1.0  # a synthetic "1", so the kernel figure needs no MNIST files
+
+# (figure function, keyword arguments, expected (width, height) in pixels, as documented)
+CASES = {
+    "perceptron": (viz.plot_perceptron, {"epochs": 5}, (1200, 620)),
+    "perceptron_learning": (viz.plot_perceptron_learning, {"preset": "xor", "frames": 4, "epochs": 3}, (1200, 400)),
+    "activations": (viz.plot_activations, {}, (1200, 700)),
+    "architecture": (viz.plot_architecture, {}, (1200, 700)),
+    "forward_propagation": (viz.plot_forward_propagation, {}, (1200, 700)),
+    "backpropagation": (viz.plot_backpropagation, {}, (1200, 700)),
+    "convolution_steps": (viz.plot_convolution_steps, {"positions": ((0, 0), (4, 4))}, (1200, 770)),
+    "convolution_settings": (viz.plot_convolution_settings, {}, (1400, 750)),
+    "conv_kernels": (viz.plot_conv_kernels, {"image": DIGIT}, (1400, 650)),
+    "normalization": (viz.plot_normalization, {"batch": 16}, (1400, 800)),
+    "tensor_shapes": (viz.plot_tensor_shapes, {}, (1400, 1500)),
+}
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def texts(fig) -> str:
+    """Every text drawn in a figure (titles, labels, annotations), joined by newlines."""
+    return "\n".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_figure_writes_png_of_expected_size(name, tmp_path):
+    function, kwargs, (width, height) = CASES[name]
+    path = tmp_path / "sub" / f"{name}.png"
+    fig = function(path=path, **kwargs)
+    assert isinstance(fig, Figure)
+    assert png_size(path) == (width, height)
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[:2] == (height, width)
+    assert pixels[..., :3].std() > 0.05, "the image is blank"
+
+
+def test_every_figure_has_a_case():
+    covered = {CASES[name][0] for name in CASES}
+    assert {getattr(f, "func", f) for f in viz.FIGURES.values()} <= covered
+
+
+def test_forward_figure_shows_the_trace():
+    params = viz.example_params([2, 3, 2])
+    fig = viz.plot_forward_propagation(params, x=(1.0, 0.5))
+    trace = trace_forward(params, jnp.array([1.0, 0.5]))
+    shown = texts(fig)
+    assert str(trace) in shown
+    for a in np.asarray(trace.y_hat):
+        assert f"ŷ = {a:.2f}" in shown
+    assert any(float(a) == 0 for a in np.asarray(trace.layer(1).a)), "the example should show a ReLU that is off"
+
+
+def test_backprop_figure_shows_gradients():
+    params = viz.example_params([2, 3, 1])
+    fig = viz.plot_backpropagation(params, x=(1.0, 0.5), y=(1.0,))
+    trace = trace_backward(params, jnp.array([1.0, 0.5]), jnp.array([1.0]), loss="mse")
+    shown = texts(fig)
+    assert str(trace) in shown
+    dW1 = np.asarray(trace.layer(1).dW)
+    assert f"$∂L/∂W^{{[1]}}_{{12}}$ = {dW1[0, 1]:.2f}" in shown
+    for d in np.asarray(trace.layer(1).delta):
+        assert f"δ = {abs(d):.2f}" in shown.replace("δ = -", "δ = ")
+
+
+def test_example_params_are_rounded():
+    params = viz.example_params([2, 3, 2])
+    for layer in params:
+        for value in layer.values():
+            np.testing.assert_allclose(value, np.round(np.asarray(value), 1), atol=1e-6)
+
+
+def test_convolve_matches_loops():
+    image, kernel = viz.EXAMPLE_INPUT, viz.KERNELS["edge"]
+    expected = np.array([[np.sum(image[i:i + 3, j:j + 3] * kernel) for j in range(5)] for i in range(5)])
+    np.testing.assert_allclose(viz.convolve(image, "edge"), expected, atol=1e-5)
+    assert viz.convolve(image, "edge", stride=2).shape == (3, 3)
+    assert viz.convolve(image, "edge", padding="same").shape == (7, 7)
+    assert viz.convolve(image, "blur", stride=2, padding="same").shape == (4, 4)
+
+
+def test_conv_kernels_uses_mnist(monkeypatch):
+    images = np.zeros((3, 28, 28), np.uint8)
+    monkeypatch.setattr(data, "load_mnist", lambda split: (images, np.array([7, 2, 1])))
+    fig = viz.plot_conv_kernels(index=1)
+    assert "MNIST test digit 1 (label 2)" in texts(fig)
+
+
+def test_conv_kernels_without_mnist_says_what_to_run(monkeypatch):
+    def missing(split):
+        raise FileNotFoundError("no file t10k-images-idx3-ubyte")
+
+    monkeypatch.setattr(data, "load_mnist", missing)
+    with pytest.raises(FileNotFoundError, match=r"python -m nnjax.data prepare.*image="):
+        viz.plot_conv_kernels()
+
+
+def test_perceptron_presets():
+    X, y = viz.perceptron_dataset("separable")
+    assert perceptron_fit(X, y, epochs=20)[1][-1] == 0
+    X, y = viz.perceptron_dataset("xor")
+    assert perceptron_fit(X, y, epochs=20)[1][-1] > 0
+    with pytest.raises(ValueError, match="separable"):
+        viz.perceptron_dataset("moons")
+
+
+def test_figure_texts_carry_the_numbers():
+    assert "= 130" in texts(viz.plot_architecture((4, 8, 8, 2)))
+    assert "24 elements cannot fill 25" in texts(viz.plot_tensor_shapes())
+    assert "mean +0.00, std 1.00" in texts(viz.plot_normalization(batch=16))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="sizes"):
+        viz.plot_architecture((4,))
+    with pytest.raises(ValueError, match="activations"):
+        viz.plot_architecture((4, 3, 2), activations=["relu"])
+    with pytest.raises(ValueError, match="preset"):
+        viz.plot_convolution_steps(kernel="emboss")
+    with pytest.raises(ValueError, match="outside"):
+        viz.plot_convolution_steps(positions=((5, 0),))
+    with pytest.raises(ValueError, match="unknown figure"):
+        viz.save_figures("/tmp", ["nope"])
+
+
+def test_save_figures_and_script(tmp_path):
+    paths = viz.save_figures(tmp_path / "a", ["architecture"])
+    assert paths == [str(tmp_path / "a" / "architecture.png")] and png_size(paths[0]) == (1200, 700)
+    script = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "--out",
+                             str(tmp_path / "b"), "--only", "architecture"], capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    assert png_size(tmp_path / "b" / "architecture.png") == (1200, 700)
+
+
+def test_library_does_not_import_viz():
+    code = ("import sys, nnjax.layers, nnjax.network, nnjax.backprop, nnjax.tensor; "
+            "sys.exit(1 if any(m.startswith(('nnjax.viz', 'matplotlib')) for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
