@@ -58,7 +58,7 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
       name: the experiment's name; its output goes to ``runs/<name>`` by default.
       description: the --help text.
       defaults: defaults for epochs, batch_size, lr, optimizer, schedule, warmup_epochs,
-        weight_decay, label_smoothing.
+        weight_decay, label_smoothing and (optionally) eval_batch_size.
     """
     parser = argparse.ArgumentParser(
         prog=f"experiments/{name}.py", description=description,
@@ -102,7 +102,7 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
     data.add_argument("--val", type=_non_negative_int, default=0,
                       help="hold out the last N training images as a validation set scored each "
                            "epoch (the test set is then scored once, at the end)")
-    data.add_argument("--eval-batch-size", type=_positive_int, default=1000,
+    data.add_argument("--eval-batch-size", type=_positive_int, default=defaults.get("eval_batch_size", 1000),
                       help="examples per evaluation call")
     output = parser.add_argument_group("output")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -22,10 +22,14 @@ from nnjax.layers.normalization import (
 EPS = 1e-5
 
 
-def _random_affine(key, shape):
+def _normal(seed, shape):
+    """Standard normal test data from numpy (no per-shape jax.random compilation)."""
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
+
+
+def _random_affine(seed, shape):
     """gamma, beta drawn at random so the tests see them act (init gives ones and zeros)."""
-    kg, kb = jax.random.split(key)
-    return {"gamma": 1.0 + 0.5 * jax.random.normal(kg, shape), "beta": jax.random.normal(kb, shape)}
+    return {"gamma": 1.0 + 0.5 * _normal(seed, shape), "beta": _normal(seed + 1000, shape)}
 
 
 @functools.partial(jax.jit, static_argnames=("momentum", "eps"))
@@ -47,9 +51,9 @@ def _numpy_batch_norm(X, gamma, beta, eps=EPS):
 
 @pytest.mark.parametrize("shape", [(6, 4), (5, 3, 4, 6)], ids=["features", "images"])
 def test_batch_norm_train_matches_whole_batch_formula(shape):
-    params = _random_affine(jax.random.PRNGKey(0), (shape[1],))
+    params = _random_affine(0, (shape[1],))
     state = {"mean": jnp.linspace(-1.0, 1.0, shape[1]), "var": jnp.linspace(0.5, 2.0, shape[1])}
-    X = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(1), shape)
+    X = 3.0 + 2.0 * _normal(1, shape)
     Y, new_state = _train_batch(params, state, X, momentum=0.8)
     ref, mu, var = _numpy_batch_norm(X, params["gamma"], params["beta"])
     m = X.size // shape[1]
@@ -69,16 +73,16 @@ def test_batch_norm_init_shapes_and_values():
 
 def test_batch_norm_train_output_is_standardized_at_init():
     params, state = batch_norm_init(4)
-    Y, _ = _train_batch(params, state, 5.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(2), (64, 4)))
+    Y, _ = _train_batch(params, state, 5.0 + 3.0 * _normal(2, (64, 4)))
     np.testing.assert_allclose(Y.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(Y.var(axis=0), 1.0, atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(4,), (3, 4, 5)], ids=["features", "images"])
 def test_batch_norm_eval_uses_running_statistics_without_named_axis(shape):
-    params = _random_affine(jax.random.PRNGKey(3), (shape[0],))
+    params = _random_affine(3, (shape[0],))
     state = {"mean": jnp.linspace(-1.0, 1.0, shape[0]), "var": jnp.linspace(0.5, 2.0, shape[0])}
-    x = jax.random.normal(jax.random.PRNGKey(4), shape)
+    x = _normal(4, shape)
     y, same_state = batch_norm(params, state, x, train=False)
     b = (-1,) + (1,) * (len(shape) - 1)
     ref = (np.asarray(params["gamma"]).reshape(b) * (np.asarray(x) - np.asarray(state["mean"]).reshape(b))
@@ -90,7 +94,7 @@ def test_batch_norm_eval_uses_running_statistics_without_named_axis(shape):
 def test_batch_norm_eval_is_per_example_and_jits():
     params, state = batch_norm_init(3)
     state = {"mean": jnp.array([1.0, 2.0, 3.0]), "var": jnp.array([4.0, 1.0, 0.25])}
-    X = jax.random.normal(jax.random.PRNGKey(5), (4, 3))
+    X = _normal(5, (4, 3))
     Y = jax.jit(jax.vmap(lambda x: batch_norm(params, state, x, train=False)[0]))(X)
     np.testing.assert_allclose(Y[1], batch_norm(params, state, X[1], train=False)[0], rtol=1e-6)
 
@@ -106,8 +110,8 @@ def test_running_statistics_converge_to_data_statistics():
 
 @pytest.mark.parametrize("shape", [(7,), (2, 3, 4)])
 def test_layer_norm_matches_numpy(shape):
-    params = _random_affine(jax.random.PRNGKey(6), shape)
-    x = 2.0 + jax.random.normal(jax.random.PRNGKey(7), shape)
+    params = _random_affine(6, shape)
+    x = 2.0 + _normal(7, shape)
     xn = np.asarray(x, np.float64)
     ref = np.asarray(params["gamma"]) * (xn - xn.mean()) / np.sqrt(xn.var() + EPS) + np.asarray(params["beta"])
     np.testing.assert_allclose(layer_norm(params, x), ref, rtol=1e-5, atol=1e-5)
@@ -133,16 +137,16 @@ def _numpy_group_norm(x, gamma, beta, groups, eps=EPS):
 
 @pytest.mark.parametrize("groups", [1, 2, 6])
 def test_group_norm_matches_numpy(groups):
-    params = _random_affine(jax.random.PRNGKey(8), (6,))
-    x = jax.random.normal(jax.random.PRNGKey(9), (6, 3, 5))
+    params = _random_affine(8, (6,))
+    x = _normal(9, (6, 3, 5))
     np.testing.assert_allclose(group_norm(params, x, groups),
                                _numpy_group_norm(x, params["gamma"], params["beta"], groups),
                                rtol=1e-5, atol=1e-5)
 
 
 def test_instance_norm_matches_numpy_per_channel():
-    params = _random_affine(jax.random.PRNGKey(10), (3,))
-    x = jax.random.normal(jax.random.PRNGKey(11), (3, 4, 5))
+    params = _random_affine(10, (3,))
+    x = _normal(11, (3, 4, 5))
     xn = np.asarray(x, np.float64)
     mu, var = xn.mean(axis=(1, 2), keepdims=True), xn.var(axis=(1, 2), keepdims=True)
     ref = (np.asarray(params["gamma"])[:, None, None] * (xn - mu) / np.sqrt(var + EPS)
@@ -172,10 +176,9 @@ def _dot(a, b):
 
 def _check_backward(forward, params, x, manual):
     """manual(params, x, delta) -> (param_grads, dx) against jax.vjp and finite differences."""
-    keys = jax.random.split(jax.random.PRNGKey(12), 3)
-    delta = jax.random.normal(keys[0], jax.eval_shape(forward, params, x).shape)
-    directions = (jax.tree.map(lambda a: jax.random.normal(keys[1], a.shape), params),
-                  jax.random.normal(keys[2], x.shape))
+    delta = _normal(12, jax.eval_shape(forward, params, x).shape)
+    directions = ({name: _normal(13 + i, a.shape) for i, (name, a) in enumerate(params.items())},
+                  _normal(15, x.shape))
 
     @jax.jit
     def all_gradients(params, x):
@@ -192,9 +195,9 @@ def _check_backward(forward, params, x, manual):
 
 @pytest.mark.parametrize("shape", [(5, 3), (4, 2, 3, 5)], ids=["features", "images"])
 def test_batch_norm_backward(x64, shape):
-    params = _random_affine(jax.random.PRNGKey(13), (shape[1],))
+    params = _random_affine(13, (shape[1],))
     _, state = batch_norm_init(shape[1])
-    X = 1.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(14), shape)
+    X = 1.0 + 2.0 * _normal(14, shape)
 
     def forward(p, X):
         return _train_batch(p, state, X)[0]
@@ -208,21 +211,21 @@ def test_batch_norm_backward(x64, shape):
 
 @pytest.mark.parametrize("shape", [(6,), (2, 3, 4)])
 def test_layer_norm_backward(x64, shape):
-    params = _random_affine(jax.random.PRNGKey(15), shape)
-    x = jax.random.normal(jax.random.PRNGKey(16), shape)
+    params = _random_affine(15, shape)
+    x = _normal(16, shape)
     _check_backward(layer_norm, params, x, layer_norm_backward)
 
 
 def test_instance_norm_backward(x64):
-    params = _random_affine(jax.random.PRNGKey(17), (3,))
-    x = jax.random.normal(jax.random.PRNGKey(18), (3, 4, 5))
+    params = _random_affine(17, (3,))
+    x = _normal(18, (3, 4, 5))
     _check_backward(instance_norm, params, x, instance_norm_backward)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_group_norm_backward(x64, groups):
-    params = _random_affine(jax.random.PRNGKey(19), (4,))
-    x = jax.random.normal(jax.random.PRNGKey(20), (4, 3, 2))
+    params = _random_affine(19, (4,))
+    x = _normal(20, (4, 3, 2))
     _check_backward(lambda p, v: group_norm(p, v, groups), params, x,
                     lambda p, v, d: group_norm_backward(p, v, d, groups))
 
@@ -234,11 +237,11 @@ _PMAP_SCRIPT = textwrap.dedent("""
     from nnjax.layers.normalization import batch_norm
     from nnjax.backprop.normalization import batch_norm_backward
     assert jax.device_count() == 4, jax.devices()
-    kg, kx, kd = jax.random.split(jax.random.PRNGKey(0), 3)
-    params = {"gamma": 1.0 + jax.random.normal(kg, (3,)), "beta": jnp.arange(3.0)}
+    rng = np.random.default_rng(0)
+    params = {"gamma": jnp.asarray(1.0 + rng.normal(size=3)), "beta": jnp.arange(3.0)}
     state = {"mean": jnp.zeros(3), "var": jnp.ones(3)}
-    X = 2.0 + jax.random.normal(kx, (8, 3, 4, 5))
-    D = jax.random.normal(kd, X.shape)
+    X = jnp.asarray(2.0 + rng.normal(size=(8, 3, 4, 5)))
+    D = jnp.asarray(rng.normal(size=X.shape))
 
     def forward_backward(x, d, axis_name):
         y, new_state = batch_norm(params, state, x, train=True, axis_name=axis_name)

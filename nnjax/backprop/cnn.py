@@ -29,13 +29,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_backward
 from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.losses import softmax_cross_entropy
-from nnjax.network.cnn import POOL_WINDOW, cnn_forward, cnn_num_blocks
+from nnjax.network.cnn import POOL_WINDOW, check_batch, cnn_forward, cnn_num_blocks
 
 __all__ = ["cnn_grads", "cnn_value_and_grads"]
 
@@ -84,12 +83,10 @@ def cnn_value_and_grads(params, state, X, Y):
     """
     fn = "cnn_grads"
     num_blocks = cnn_num_blocks(params)
-    X = check_float_array(fn, "X", X)
-    check_rank(fn, "X", X, 4, "a batch (m, C, H, W)")
+    X = check_batch(fn, params, X, Y)
     logits, new_state, cache = jax.vmap(
         lambda x: cnn_forward(params, state, x, train=True, axis_name=_AXIS),
         axis_name=_AXIS, out_axes=(0, None, 0))(X)
-    check_shape(fn, "Y", Y, logits.shape, f" = (m, K) one-hot, to match the logits {logits.shape}")
     m = X.shape[0]
     grads = {}
     delta = softmax_cross_entropy_backward(logits, Y) / m

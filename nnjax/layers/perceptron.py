@@ -75,7 +75,7 @@ def _rosenblatt(X, y, epochs: int, lr, record: bool):
         mistake = perceptron(params, X[i]) != y[i]
         scale = jnp.where(mistake, lr * y[i], 0).astype(X.dtype)
         new = {"w": params["w"] + scale * X[i], "b": params["b"] + scale}
-        return new, (mistake, new) if record else mistake
+        return new, ((mistake, new) if record else mistake)
 
     start = {"w": jnp.zeros(d, X.dtype), "b": jnp.zeros((), X.dtype)}
     return jax.lax.scan(step, start, jnp.tile(jnp.arange(n), epochs))

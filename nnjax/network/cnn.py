@@ -31,7 +31,7 @@ from nnjax.layers.normalization import batch_norm, batch_norm_init
 from nnjax.layers.pooling import max_pool2d
 from nnjax.losses import softmax_cross_entropy
 
-__all__ = ["POOL_WINDOW", "cnn_init", "cnn_forward", "cnn_apply", "cnn_loss", "cnn_num_blocks"]
+__all__ = ["POOL_WINDOW", "cnn_init", "cnn_forward", "cnn_apply", "cnn_loss", "cnn_num_blocks", "check_batch"]
 
 POOL_WINDOW = 2
 """Every block ends in a 2x2 max pool with stride 2, halving H and W (rounding down)."""
@@ -129,6 +129,16 @@ def _check_input(fn: str, params, state, x) -> int:
     return n
 
 
+def check_batch(fn: str, params, X, Y):
+    """Checks a batch: X (m, C, H, W) floats, Y (m, K) with K the logits of dense2; returns X."""
+    X = check_float_array(fn, "X", X)
+    check_rank(fn, "X", X, 4, "a batch (m, C, H, W)")
+    classes = cnn_num_blocks(params) and params["dense2"]["W"].shape[0]
+    check_shape(fn, "Y", Y, (X.shape[0], classes),
+                f" = (m, K) one-hot, m = {X.shape[0]} images of X and K = {classes} outputs of dense2")
+    return X
+
+
 def cnn_forward(params, state, x, *, train, axis_name="batch"):
     """`cnn_apply` that also returns every intermediate value (the cache backprop needs).
 
@@ -184,9 +194,7 @@ def cnn_loss(params, state, X, Y, *, train=True):
       (loss, new_state): `jax.grad(cnn_loss, has_aux=True)` gives the gradients that
       `nnjax.backprop.cnn_grads` derives by hand.
     """
-    X = check_float_array("cnn_loss", "X", X)
-    check_rank("cnn_loss", "X", X, 4, "a batch (m, C, H, W)")
+    X = check_batch("cnn_loss", params, X, Y)
     logits, new_state = jax.vmap(lambda x: cnn_apply(params, state, x, train=train, axis_name="batch"),
                                  axis_name="batch", out_axes=(0, None))(X)
-    check_shape("cnn_loss", "Y", Y, logits.shape, f" = (m, K) one-hot, to match the logits {logits.shape}")
     return jnp.mean(softmax_cross_entropy(logits, Y)), new_state

@@ -118,8 +118,8 @@ class ForwardTrace:
 
         Args:
           digits: decimals per number.
-          max_shown_weights: W^[l] and b^[l] are written out when W^[l] has at most this many
-            entries; otherwise only the result z^[l] is.
+          max_shown_weights: W^[l] and b^[l] are written out (on a line of their own) when
+            W^[l] has at most this many entries; otherwise only the result z^[l] is.
         """
         f = lambda a: format_array(a, digits)  # noqa: E731
         depth = len(self.layers)
@@ -128,11 +128,15 @@ class ForwardTrace:
                  f"a^[0] = x = {f(self.x)}"]
         for l, step in enumerate(self.layers, start=1):
             sigma = self.output if l == depth else self.activation
-            product = (f"{f(step.W)} {f(self.activations[l - 1])} + {f(step.b)} = "
-                       if step.W.size <= max_shown_weights else "")
-            lines += [f"layer {l}: W^[{l}] {tuple(step.W.shape)}, b^[{l}] {tuple(step.b.shape)}",
-                      f"  z^[{l}] = W^[{l}] a^[{l - 1}] + b^[{l}] = {product}{f(step.z)}",
-                      f"  a^[{l}] = {sigma}(z^[{l}]) = {f(step.a)}"]
+            equation = f"  z^[{l}] = W^[{l}] a^[{l - 1}] + b^[{l}]"
+            lines.append(f"layer {l}: W^[{l}] {tuple(step.W.shape)}, b^[{l}] {tuple(step.b.shape)}")
+            if step.W.size <= max_shown_weights:
+                indent = " " * equation.index("=")
+                lines += [equation, f"{indent}= {f(step.W)} {f(self.activations[l - 1])} + {f(step.b)}",
+                          f"{indent}= {f(step.z)}"]
+            else:
+                lines.append(f"{equation} = {f(step.z)}")
+            lines.append(f"  a^[{l}] = {sigma}(z^[{l}]) = {f(step.a)}")
         return "\n".join(lines)
 
     def __str__(self) -> str:

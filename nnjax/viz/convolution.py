@@ -103,6 +103,7 @@ def _draw_grid(ax, values: np.ndarray, *, cmap: str = "Greys", vmin=None, vmax=N
     ax.vlines(np.arange(-0.5, cols), -0.5, rows - 0.5, color="#888888", linewidth=0.6)
     ax.add_patch(Rectangle((-0.5, -0.5), cols, rows, fill=False, edgecolor="black", linewidth=1.0, zorder=3))
     ax.set_axis_off()
+    _frame(ax, values.shape, max(values.shape))
 
 
 def _outline(ax, row: int, col: int, size: Sequence[int], color: str, linewidth: float = 3.0, style="-") -> None:

@@ -44,14 +44,14 @@ def example_params(sizes: Sequence[int], seed: int = EXAMPLE_SEED):
             for p, k in zip(params, bias_keys)]
 
 
-def _network_axes(fig, sizes: Sequence[int]):
+def _network_axes(fig, sizes: Sequence[int], right_margin: float):
     """Splits `fig` into a diagram axes (top) and an equations axes (bottom); returns both and node centers."""
-    diagram, equations = fig.subplots(2, 1, height_ratios=[2.6, 1])
+    diagram, equations = fig.subplots(2, 1, height_ratios=[2.1, 1])
     diagram.set_axis_off()
     equations.set_axis_off()
     centers = [c * [3.2, 1.5] for c in layer_positions(sizes)]
     top = max(c[:, 1].max() for c in centers)
-    diagram.set_xlim(-0.9, 3.2 * (len(sizes) - 1) + 2.0)
+    diagram.set_xlim(-0.9, 3.2 * (len(sizes) - 1) + right_margin)
     diagram.set_ylim(-top - 1.0, top + 1.2)
     return diagram, equations, centers, top
 
@@ -88,7 +88,7 @@ def plot_forward_propagation(params=None, x: Sequence[float] = (1.0, 0.5), path=
       path: where to save the PNG; nothing is saved when None.
 
     Returns:
-      The matplotlib Figure (12 x 7 inches, 1200 x 700 pixels).
+      The matplotlib Figure (12 x 7.5 inches, 1200 x 750 pixels).
     """
     params = example_params([2, 3, 2]) if params is None else params
     trace = trace_forward(params, jnp.asarray(x, dtype=jnp.float32))
@@ -98,8 +98,8 @@ def plot_forward_propagation(params=None, x: Sequence[float] = (1.0, 0.5), path=
 def _forward_figure(trace: ForwardTrace, path):
     """Draws a ForwardTrace: network with weights on the edges, z and a in the nodes, equations below."""
     sizes = [len(trace.x)] + [len(step.z) for step in trace.layers]
-    fig = new_figure(12, 7)
-    ax, equations, centers, top = _network_axes(fig, sizes)
+    fig = new_figure(12, 7.5)
+    ax, equations, centers, top = _network_axes(fig, sizes, right_margin=0.9)
     depth = len(trace.layers)
     for l, step in enumerate(trace.layers, start=1):
         W = np.asarray(step.W)
@@ -144,7 +144,7 @@ def plot_backpropagation(params=None, x: Sequence[float] = (1.0, 0.5), y: Sequen
       path: where to save the PNG; nothing is saved when None.
 
     Returns:
-      The matplotlib Figure (12 x 7 inches, 1200 x 700 pixels).
+      The matplotlib Figure (12 x 7.5 inches, 1200 x 750 pixels).
     """
     params = example_params([2, 3, 1]) if params is None else params
     trace = trace_backward(params, jnp.asarray(x, dtype=jnp.float32), jnp.asarray(y, dtype=jnp.float32), loss="mse")
@@ -155,8 +155,8 @@ def _backward_figure(trace: BackwardTrace, path):
     """Draws a BackwardTrace: backward arrows labelled with dL/dW, a and delta in the nodes, equations below."""
     forward = trace.forward
     sizes = [len(forward.x)] + [len(step.z) for step in forward.layers]
-    fig = new_figure(12, 7)
-    ax, equations, centers, top = _network_axes(fig, sizes)
+    fig = new_figure(12, 7.5)
+    ax, equations, centers, top = _network_axes(fig, sizes, right_margin=2.0)
     depth = len(forward.layers)
     for l, grads in enumerate(trace.layers, start=1):
         dW = np.asarray(grads.dW)
