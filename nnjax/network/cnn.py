@@ -133,7 +133,8 @@ def check_batch(fn: str, params, X, Y):
     """Checks a batch: X (m, C, H, W) floats, Y (m, K) with K the logits of dense2; returns X."""
     X = check_float_array(fn, "X", X)
     check_rank(fn, "X", X, 4, "a batch (m, C, H, W)")
-    classes = cnn_num_blocks(params) and params["dense2"]["W"].shape[0]
+    cnn_num_blocks(params)
+    classes = params["dense2"]["W"].shape[0]
     check_shape(fn, "Y", Y, (X.shape[0], classes),
                 f" = (m, K) one-hot, m = {X.shape[0]} images of X and K = {classes} outputs of dense2")
     return X

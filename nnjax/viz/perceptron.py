@@ -186,7 +186,7 @@ def plot_perceptron_learning(preset: str = "separable", path=None, *, frames: in
     for ax in axes[len(shown):]:
         ax.set_axis_off()
     final = ("converged" if int(trace.mistakes_per_epoch[-1]) == 0
-             else f"still {int(trace.mistakes_per_epoch[-1])} mistakes in epoch {epochs}: XOR is not separable")
-    fig.suptitle(f"Rosenblatt's rule on the {preset} preset: on a mistake (starred), "
+             else f"still {int(trace.mistakes_per_epoch[-1])} mistakes in epoch {epochs}")
+    fig.suptitle(f"Rosenblatt's rule, {preset} preset: on a mistake (starred) "
                  f"w ← w + $y_i x_i$, b ← b + $y_i$; {updates} updates, {final}", fontsize=11)
     return finish(fig, path)
