@@ -152,7 +152,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
     if "test_accuracy" in results:
         print(f"results in {args.out}/: {training.RESULTS_FILE}, {training.METRICS_FILE}, "
               f"{training.CURVES_FILE}, {training.CHECKPOINT_FILE}")
-        print(f"training {results['train_time_s']:.1f}s ({results['samples_per_s'] / 1000:.1f}k "
-              f"samples/s), compilation {results['compile_time_s']:.1f}s, on {results['device']}")
+        print(f"training {results['train_time_s']:.1f}s ({results['samples_per_s']:,.0f} samples/s), "
+              f"compilation {results['compile_time_s']:.1f}s, evaluation "
+              f"{results['eval_time_s']:.1f}s, on {results['device']}")
         print(f"test accuracy: {100 * results['test_accuracy']:.2f}%")
     return results

@@ -723,7 +723,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         log(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {100 * record['train_accuracy']:.2f}%  {splits.eval_name} loss {eval_loss:.4f} "
             f"acc {100 * eval_accuracy:.2f}%  {train_seconds:.1f}s "
-            f"{record['samples_per_s'] / 1000:.1f}k samples/s")
+            f"{record['samples_per_s']:,.0f} samples/s")
         if out_dir:
             save_checkpoint(checkpoint_path, (params, opt_state, state, jax.random.key_data(shuffle_key)),
                             {"epoch": epoch + 1, "history": history, "config": config_dict})

@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds torch.compile may take for its first step before it is skipped")
     parser.add_argument("--matmul-size", type=int, default=2048,
                         help="n of the n x n float32 matrix product that sets the reference FLOP rate")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the table: per-XLA-op times of nnjax's train step (autodiff and "
+                             "hand-derived) for each model and batch size, from a jax.profiler trace")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     args.models = _split_choices(parser, "--models", args.models, common.MODELS)
@@ -319,8 +322,27 @@ def machine() -> dict:
             "versions": versions, "load_average_start": os.getloadavg()}
 
 
+def run_profiles(args) -> int:
+    """`--profile`: where the time of nnjax's train steps goes, op by op."""
+    from bench_peers import nnjax_rows, profile_step
+
+    results = {"meta": machine(), "profiles": []}
+    for model in args.models:
+        for batch_size in args.batch_sizes:
+            for grads in nnjax_rows.GRAD_SOURCES:
+                result = profile_step.profile(model, batch_size, grads)
+                results["profiles"].append(result)
+                print(profile_step.format_profile(result), flush=True)
+    results["meta"]["load_average_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.profile:
+        return run_profiles(args)
     images, labels, data_note = load_data(args.data)
     meta = machine()
     meta.update(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), data=data_note,

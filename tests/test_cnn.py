@@ -32,7 +32,19 @@ def _perturbed(seed, params, state):
 
 @pytest.fixture(scope="module")
 def small_net():
-    return cnn_init(jax.random.PRNGKey(11), **SMALL)
+    """cnn_init's structure for SMALL, filled with He-scaled numpy draws (cnn_init's own
+    jax.random draws compile once per weight shape, seconds each on a CPU)."""
+    params, state = jax.eval_shape(lambda key: cnn_init(key, **SMALL), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(11)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "gamma" in name or "var" in name:
+            return jnp.ones(leaf.shape)
+        if "['W']" not in name:
+            return jnp.zeros(leaf.shape)
+        return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[1:])), jnp.float32)
+    return jax.tree_util.tree_map_with_path(draw, (params, state))
 
 
 def test_default_network_shapes():

@@ -145,6 +145,8 @@ def test_bad_arguments():
         viz.plot_convolution_steps(kernel="emboss")
     with pytest.raises(ValueError, match="outside"):
         viz.plot_convolution_steps(positions=((5, 0),))
+    with pytest.raises(ValueError, match="at most 10"):
+        viz.plot_forward_propagation(viz.example_params([2, 11, 2]))
     with pytest.raises(ValueError, match="unknown figure"):
         viz.save_figures("/tmp", ["nope"])
 

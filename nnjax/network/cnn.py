@@ -148,7 +148,12 @@ def cnn_forward(params, state, x, *, train, axis_name="batch"):
       output z, "bn{i}" the batch-norm output, "relu{i}" its ReLU a, "pool{i}" the pooled map;
       then "flat" (the flattened features), "dense1" z, "hidden" ReLU(z), and "logits".
     """
-    n = _check_input("cnn_forward", params, state, x)
+    return _forward("cnn_forward", params, state, x, train, axis_name)
+
+
+def _forward(fn: str, params, state, x, train, axis_name):
+    """`cnn_forward` for the public function `fn` (named in error messages)."""
+    n = _check_input(fn, params, state, x)
     cache, new_state, h = {}, {}, x
     for i in range(1, n + 1):
         cache[f"conv{i}"] = conv2d(params[f"conv{i}"], h)
@@ -178,7 +183,7 @@ def cnn_apply(params, state, x, *, train, axis_name="batch"):
       (logits (K,), new_state): new_state holds the updated running statistics (`state` itself
       when train=False); under vmap it is the same for every example (`out_axes=(0, None)`).
     """
-    logits, new_state, _ = cnn_forward(params, state, x, train=train, axis_name=axis_name)
+    logits, new_state, _ = _forward("cnn_apply", params, state, x, train, axis_name)
     return logits, new_state
 
 

@@ -44,6 +44,22 @@ def example_params(sizes: Sequence[int], seed: int = EXAMPLE_SEED):
             for p, k in zip(params, bias_keys)]
 
 
+MAX_NEURONS = 10
+"""The step-by-step figures draw every neuron with its numbers, so layers are at most this wide."""
+
+
+MAX_LABELLED_EDGES = 6
+"""Edges carry their value when a layer has at most this many (beyond, labels would overlap; the
+equations under the diagram still give every value)."""
+
+
+def _check_sizes(fn: str, sizes: Sequence[int]) -> None:
+    """Raises ValueError when a layer is too wide to draw neuron by neuron."""
+    if max(sizes) > MAX_NEURONS:
+        raise ValueError(f"{fn}: layer sizes {list(sizes)} are too wide to draw every neuron; "
+                         f"use at most {MAX_NEURONS} per layer (print the trace for larger networks)")
+
+
 def _network_axes(fig, sizes: Sequence[int], right_margin: float):
     """Splits `fig` into a diagram axes (top) and an equations axes (bottom); returns both and node centers."""
     diagram, equations = fig.subplots(2, 1, height_ratios=[2.1, 1])
@@ -77,18 +93,22 @@ def _node_texts(ax, centers, lines: Sequence[str], color: str, dy: float = 0.0) 
 def plot_forward_propagation(params=None, x: Sequence[float] = (1.0, 0.5), path=None):
     """The chapter's forward-propagation example, 2 -> 3 -> 2, with the values at every neuron.
 
-    Each edge shows its weight W^[l]_jk, each neuron its z and a; below, the trace's steps
+    Each edge shows its weight W^[l]_jk (for layers of at most `MAX_LABELLED_EDGES` weights),
+    each neuron its z and a; below, the trace's steps
     z^[l] = W^[l] a^[l-1] + b^[l], a^[l] = sigma(z^[l]) with all numbers (ReLU hidden layer,
     softmax output).
 
     Args:
-      params: a list of dense layers (any small sizes); defaults to
+      params: a list of dense layers of at most `MAX_NEURONS` neurons each; defaults to
         `example_params([2, 3, 2])`.
       x: the input a^[0], by default the chapter's [1.0, 0.5].
       path: where to save the PNG; nothing is saved when None.
 
     Returns:
       The matplotlib Figure (12 x 7.5 inches, 1200 x 750 pixels).
+
+    Raises:
+      ValueError: a layer wider than `MAX_NEURONS`.
     """
     params = example_params([2, 3, 2]) if params is None else params
     trace = trace_forward(params, jnp.asarray(x, dtype=jnp.float32))
@@ -98,6 +118,7 @@ def plot_forward_propagation(params=None, x: Sequence[float] = (1.0, 0.5), path=
 def _forward_figure(trace: ForwardTrace, path):
     """Draws a ForwardTrace: network with weights on the edges, z and a in the nodes, equations below."""
     sizes = [len(trace.x)] + [len(step.z) for step in trace.layers]
+    _check_sizes("plot_forward_propagation", sizes)
     fig = new_figure(12, 7.5)
     ax, equations, centers, top = _network_axes(fig, sizes, right_margin=0.9)
     depth = len(trace.layers)
@@ -108,7 +129,8 @@ def _forward_figure(trace: ForwardTrace, path):
                 color = POSITIVE if W[j, k] >= 0 else NEGATIVE
                 ax.plot(*zip(start, end), color=color, linewidth=0.6 + 1.6 * min(abs(W[j, k]), 1.5), alpha=0.55,
                         zorder=1)
-                _edge_label(ax, start, end, fmt(W[j, k], 1), color)
+                if W.size <= MAX_LABELLED_EDGES:
+                    _edge_label(ax, start, end, fmt(W[j, k], 1), color)
         for (cx, cy), b in zip(centers[l], np.asarray(step.b)):
             ax.text(cx, cy - 0.5, f"b = {fmt(b, 1)}", ha="center", va="top", fontsize=8.5, color=FORWARD)
         sigma = trace.output if l == depth else trace.activation
@@ -133,18 +155,23 @@ def plot_backpropagation(params=None, x: Sequence[float] = (1.0, 0.5), y: Sequen
     """The chapter's backpropagation example, 2 -> 3 -> 1 with MSE, gradients on backward arrows.
 
     Each neuron shows its forward a and its delta = dL/dz; each connection carries an arrow
-    pointing backward labelled with dL/dW^[l]_jk = delta^[l]_j a^[l-1]_k. Below, the trace's
+    pointing backward labelled with dL/dW^[l]_jk = delta^[l]_j a^[l-1]_k (for layers of at most
+    `MAX_LABELLED_EDGES` weights). Below, the trace's
     steps: delta^[L] = 2 (z^[L] - y), delta^[l] = (W^[l+1])^T delta^[l+1] * relu'(z^[l]),
     dW = delta a^T, db = delta.
 
     Args:
-      params: a list of dense layers ending in one output; defaults to `example_params([2, 3, 1])`.
+      params: a list of dense layers, at most `MAX_NEURONS` neurons per layer; defaults to
+        `example_params([2, 3, 1])`.
       x: the input, by default [1.0, 0.5].
-      y: the regression target.
+      y: the regression target, one value per output neuron.
       path: where to save the PNG; nothing is saved when None.
 
     Returns:
       The matplotlib Figure (12 x 7.5 inches, 1200 x 750 pixels).
+
+    Raises:
+      ValueError: a layer wider than `MAX_NEURONS`.
     """
     params = example_params([2, 3, 1]) if params is None else params
     trace = trace_backward(params, jnp.asarray(x, dtype=jnp.float32), jnp.asarray(y, dtype=jnp.float32), loss="mse")
@@ -155,6 +182,7 @@ def _backward_figure(trace: BackwardTrace, path):
     """Draws a BackwardTrace: backward arrows labelled with dL/dW, a and delta in the nodes, equations below."""
     forward = trace.forward
     sizes = [len(forward.x)] + [len(step.z) for step in forward.layers]
+    _check_sizes("plot_backpropagation", sizes)
     fig = new_figure(12, 7.5)
     ax, equations, centers, top = _network_axes(fig, sizes, right_margin=2.0)
     depth = len(forward.layers)
@@ -165,7 +193,9 @@ def _backward_figure(trace: BackwardTrace, path):
                 ax.annotate("", xy=start, xytext=end, zorder=1,
                             arrowprops=dict(arrowstyle="-|>", color=BACKWARD, linewidth=1.0, alpha=0.6,
                                             shrinkA=27, shrinkB=27, mutation_scale=14))
-                _edge_label(ax, start, end, f"$∂L/∂W^{{[{l}]}}_{{{j + 1}{k + 1}}}$ = {fmt(dW[j, k])}", BACKWARD)
+                if dW.size <= MAX_LABELLED_EDGES:
+                    _edge_label(ax, start, end, f"$∂L/∂W^{{[{l}]}}_{{{j + 1}{k + 1}}}$ = {fmt(dW[j, k])}",
+                                BACKWARD)
         ax.text(centers[l][0, 0], top + 0.7,
                 f"layer {l}: $∂L/∂W^{{[{l}]}} = δ^{{[{l}]}} (a^{{[{l - 1}]}})^T$\n$∂L/∂b^{{[{l}]}} = δ^{{[{l}]}}$",
                 ha="center", va="bottom", fontsize=10)
@@ -177,9 +207,10 @@ def _backward_figure(trace: BackwardTrace, path):
         a_name = "ŷ" if l == depth else "a"
         _node_texts(ax, centers[l], [f"{a_name} = {fmt(a)}" for a in np.asarray(step.a)], FORWARD, dy=0.14)
         _node_texts(ax, centers[l], [f"δ = {fmt(d)}" for d in np.asarray(grads.delta)], BACKWARD, dy=-0.14)
-    out = centers[-1][0]
-    ax.text(out[0] + 0.55, out[1], f"y = {fmt(np.asarray(trace.y)[0])}\nL = (y - ŷ)² = {fmt(trace.loss_value)}\n"
-            f"δ = 2(ŷ - y)", ha="left", va="center", fontsize=10, color=BACKWARD,
+    target = ", ".join(fmt(v) for v in np.asarray(trace.y))
+    ax.text(centers[-1][0, 0] + 0.55, centers[-1][:, 1].mean(),
+            f"y = [{target}]\nL = ||y - ŷ||² = {fmt(trace.loss_value)}\nδ = 2(ŷ - y)",
+            ha="left", va="center", fontsize=10, color=BACKWARD,
             bbox=dict(boxstyle="round", facecolor="#fdedec", edgecolor=BACKWARD))
     _write_equations(equations, str(trace))
     arrows = " → ".join(map(str, sizes))

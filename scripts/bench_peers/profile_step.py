@@ -1,0 +1,98 @@
+"""Where the time of nnjax's compiled train step goes: per-XLA-op times from a `jax.profiler` trace.
+
+Runs nnjax's train step (`nnjax.training.make_train_step`, plain SGD) a few times under
+`jax.profiler`, reads the Perfetto trace it writes, sums each XLA op's (fusion's) time per
+step, and describes each op from the compiled HLO: its output shape and the operations fused
+inside (convolution, dot, reduce, select, transpose, ...). Used by `scripts/bench.py --profile`.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+
+import jax
+
+from bench_peers import common, nnjax_rows
+
+SKIP_EVENTS = ("ThunkExecutor", "block_until_ready", "stop_trace", "$", "Execute", "PjitFunction", "Await")
+"""Trace events that are not XLA ops (runtime and Python frames)."""
+LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
+             "transpose", "pad", "slice", "dynamic-slice", "gather", "scatter", "maximum",
+             "compare", "exponential", "log", "rsqrt", "divide")
+
+
+def _fused_ops(hlo: str, op_name: str) -> str:
+    """The output shape of `op_name` in `hlo` and the notable operations it computes."""
+    line = re.search(r"^\s*(?:ROOT )?%?" + re.escape(op_name) + r" = (\S+) ([^\n]*)", hlo, re.M)
+    if not line:
+        return ""
+    shape, rest = line.group(1), line.group(2)
+    called = re.search(r"calls=%?([\w.\-]+)", rest)
+    body = rest
+    if called:
+        computation = re.search(r"^%?" + re.escape(called.group(1)) + r" [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S)
+        body = computation.group(1) if computation else rest
+    found = re.findall(r"= \S+ ([\w\-]+)\(", body) or re.findall(r"^([\w\-]+)\(", rest)
+    notable = [op for op in dict.fromkeys(found) if op in LABEL_OPS]
+    return f"{shape} {' '.join(notable)}".strip()
+
+
+def op_times(trace_dir: str, steps: int) -> collections.Counter:
+    """Milliseconds per step of each XLA op in the Perfetto trace under `trace_dir`."""
+    path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
+    with gzip.open(path) as handle:
+        trace = json.load(handle)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    totals: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and not any(s in event["name"] for s in SKIP_EVENTS):
+            totals[event["name"]] += event["dur"] / 1e3 / steps
+    return totals
+
+
+def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 20) -> dict:
+    """Per-op times of nnjax's `grads` train step of `model` at `batch_size` (synthetic data).
+
+    Returns:
+      {"model", "batch_size", "grads", "step_ms" (wall, unprofiled), "ops_ms" (sum of op
+      times per step), "ops": [{"name", "ms", "share", "what"}] for the `top` slowest ops}.
+    """
+    images, labels = common.synthetic_mnist(batch_size * 4)
+    data = common.cut_epoch(images, labels, batch_size, 4)
+    step, trained, device_data, batches = nnjax_rows._setup(model, data, 0.01, grads)
+    compiled = jax.jit(step, donate_argnums=0).lower(nnjax_rows._fresh_carry(trained), device_data, batches).compile()
+    hlo = compiled.as_text()
+    carry = nnjax_rows._fresh_carry(trained)
+
+    def run(n):
+        nonlocal carry
+        for _ in range(n):
+            carry, _ = compiled(carry[:3] + (carry[3] % data.steps,), device_data, batches)
+        jax.block_until_ready(carry)
+
+    run(2)
+    step_ms = min(common.timed(lambda: run(1)) for _ in range(steps)) * 1e3
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        run(steps)
+        jax.profiler.stop_trace()
+        totals = op_times(trace_dir, steps)
+    ops_ms = sum(totals.values())
+    ops = [{"name": name, "ms": ms, "share": ms / ops_ms, "what": _fused_ops(hlo, name)}
+           for name, ms in totals.most_common(top)]
+    return {"model": model, "batch_size": batch_size, "grads": grads, "step_ms": step_ms,
+            "ops_ms": ops_ms, "ops": ops}
+
+
+def format_profile(result: dict) -> str:
+    lines = [f"\nnnjax {result['grads']} train step, {result['model'].upper()} batch {result['batch_size']}: "
+             f"{result['step_ms']:.1f} ms per step (best of runs); XLA ops sum to {result['ops_ms']:.1f} ms per step",
+             f"{'ms/step':>8s} {'share':>6s}  {'op':34s} output shape, fused operations"]
+    for op in result["ops"]:
+        lines.append(f"{op['ms']:8.2f} {100 * op['share']:5.1f}%  {op['name'][:34]:34s} {op['what'][:110]}")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Smoke tests of the benchmark scripts: each runs a few steps on synthetic data and writes its
+JSON (no timing assertions: the numbers depend on the machine and its load)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+PEERS = ("Flax NNX", "Equinox", "PyTorch")
+
+
+def run_script(script, out, *args):
+    done = subprocess.run([sys.executable, str(SCRIPTS / script), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def rows_by_name(results):
+    return {row["name"]: row for config in results["configs"] for row in config["rows"]}
+
+
+@pytest.fixture(scope="module")
+def mlp_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "mlp.json"
+    return run_script("bench.py", out, "--data", "synthetic", "--models", "mlp", "--batch-sizes", "8",
+                      "--steps", "2", "--repeats", "1", "--matmul-size", "64",
+                      "--frameworks", "nnjax,raw_jax,flax,equinox,torch")
+
+
+def test_bench_mlp_has_nnjax_raw_jax_and_peer_rows(mlp_bench):
+    results, stdout = mlp_bench
+    rows = rows_by_name(results)
+    for name in ("nnjax autodiff loop", "nnjax autodiff scan", "nnjax manual loop", "nnjax manual scan",
+                 "raw JAX loop", "raw JAX scan"):
+        assert rows[name]["status"] == "measured", rows[name]
+        assert rows[name]["samples_per_s"] > 0 and rows[name]["warmup_s"] > 0
+        assert 0 < rows[name]["vs_fastest"] <= 1
+        assert name in stdout
+    peers = [row for name, row in rows.items() if name.startswith(PEERS)]
+    assert {name.split()[0] for name in rows if name.startswith(PEERS)} == {"Flax", "Equinox", "PyTorch"}
+    for row in peers:
+        assert row["status"] == "measured" or row["status"].startswith("skipped"), row
+        if row["status"] == "measured":
+            assert row["samples_per_s"] > 0
+
+
+def test_bench_mlp_reports_ratios_and_flop_fraction(mlp_bench):
+    results, stdout = mlp_bench
+    config = results["configs"][0]
+    assert (config["model"], config["batch_size"], config["steps"]) == ("mlp", 8, 2)
+    assert results["meta"]["matmul_flops_per_s"] > 0 and results["meta"]["data"].startswith("synthetic")
+    rows = rows_by_name(results)
+    assert rows["raw JAX scan"]["vs_raw_jax_scan"] == pytest.approx(1.0)
+    flops = 2 * 8 * (3 * (784 * 128 + 128 * 64 + 64 * 10) - 784 * 128)
+    assert rows["nnjax autodiff loop"]["step_flops"] == flops
+    assert rows["nnjax autodiff loop"]["flop_fraction"] > 0
+    summary = config["summary"]
+    assert summary["manual_over_autodiff_loop"] > 0 and summary["first_step_s"] > 0
+    assert "Targets" in stdout and "manual/autodiff" in stdout
+
+
+def test_bench_cnn_nnjax_and_raw_jax(tmp_path):
+    results, _ = run_script("bench.py", tmp_path / "cnn.json", "--data", "synthetic", "--models", "cnn",
+                            "--batch-sizes", "4", "--steps", "2", "--repeats", "1", "--matmul-size", "64",
+                            "--frameworks", "nnjax,raw_jax")
+    rows = rows_by_name(results)
+    assert set(rows) == {"nnjax autodiff loop", "nnjax autodiff scan", "nnjax manual loop",
+                         "nnjax manual scan", "raw JAX loop", "raw JAX scan"}
+    assert all(row["status"] == "measured" and row["samples_per_s"] > 0 for row in rows.values()), rows
+
+
+def test_torch_compile_past_its_time_box_is_skipped(tmp_path):
+    pytest.importorskip("torch")
+    sys.path[:0] = [str(SCRIPTS), str(ROOT)]
+    import bench
+    from bench_peers import common
+
+    args = bench.parse_args(["--compile-timeout", "0.1", "--repeats", "1"])
+    images, labels = common.synthetic_mnist(8)
+    data = common.cut_epoch(images, labels, 4, 2)
+    epoch_file = tmp_path / "epoch.npz"
+    np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
+    row = bench.torch_row("mlp", data, args, str(epoch_file), compiled=True, time_box=0.5)
+    assert row["name"] == "PyTorch compile"
+    assert row["status"].startswith("skipped (did not finish within its 0 s time box"), row
+
+
+def test_time_to_accuracy_smoke(tmp_path):
+    results, stdout = run_script("bench_time_to_accuracy.py", tmp_path / "tta.json", "--data", "synthetic",
+                                 "--models", "mlp,cnn", "--seeds", "1", "--steps", "2", "--eval-every", "1",
+                                 "--set", "cnn.batch_size=8")
+    for model in ("mlp", "cnn"):
+        summary = results["models"][model]
+        run = summary["runs"][0]
+        assert run["steps"] == 2 and len(run["curve"]) == 2
+        assert run["compile_s"] > 0 and run["train_s"] > 0
+        assert all(0 <= point["test_accuracy"] <= 1 for point in run["curve"])
+        assert summary["target"] == {"mlp": 0.98, "cnn": 0.99}[model]
+        assert f"{model}: time to" in stdout
+
+
+def test_bench_rejects_unknown_framework(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--frameworks", "keras"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "allowed: nnjax, raw_jax" in done.stderr
