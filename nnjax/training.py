@@ -492,6 +492,15 @@ def _write_atomically(path: str, write: Callable) -> None:
         raise
 
 
+def _remove_stale_temporary_files(out_dir: str) -> None:
+    """Deletes the temporary files a killed run left behind (`_write_atomically`'s, never a
+    finished file)."""
+    run_files = (CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, CURVES_FILE)
+    for name in os.listdir(out_dir):
+        if name.endswith(".tmp") and any(name.startswith(f + ".") for f in run_files):
+            os.unlink(os.path.join(out_dir, name))
+
+
 def save_checkpoint(path: str, tree, meta: dict) -> None:
     """Writes a pytree of arrays and a JSON-able dict to `path` (.npz), atomically.
 
@@ -560,7 +569,7 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 class ResumeError(ValueError):
@@ -626,6 +635,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     checkpoint_path = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
+        _remove_stale_temporary_files(out_dir)
     if resume:
         if not os.path.exists(checkpoint_path):
             raise ResumeError(f"train: --resume given but there is no checkpoint at "

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from bench_peers import common  # noqa: E402
 
+MODES = ("loop", "scan")
 FRAMEWORKS = ("nnjax", "raw_jax", "flax", "equinox", "torch", "torch_compile")
 PEER_MODULES = {"nnjax": "nnjax_rows", "raw_jax": "raw_jax", "flax": "flax_nnx",
                 "equinox": "equinox_peer"}
@@ -65,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                         help=f"comma-separated rows to run, from: {', '.join(FRAMEWORKS)}")
+    parser.add_argument("--modes", default="loop,scan",
+                        help="epoch modes of the JAX rows: loop (jitted step in a Python loop), scan, or both")
     parser.add_argument("--compile-timeout", type=float, default=300.0,
                         help="seconds torch.compile may take for its first step before it is skipped")
     parser.add_argument("--matmul-size", type=int, default=2048,
@@ -76,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = _split_choices(parser, "--models", args.models, common.MODELS)
     args.frameworks = _split_choices(parser, "--frameworks", args.frameworks, FRAMEWORKS)
+    args.modes = _split_choices(parser, "--modes", args.modes, MODES)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     except ValueError:
@@ -121,19 +125,28 @@ def matmul_flop_rate(n: int, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
+def measured(name: str, family: str, note: str, warmup_s: float, times: list[float],
+             data: common.EpochData, step_flops: float) -> dict:
+    """A measured row: the epoch times, the best of them as samples/s and ms per step."""
+    return {"name": name, "family": family, "note": note, "status": "measured", "warmup_s": warmup_s,
+            "epoch_s": times, "best_s": min(times), "median_s": float(np.median(times)),
+            "samples_per_s": data.steps * data.batch_size / min(times),
+            "step_ms": 1e3 * min(times) / data.steps, "step_flops": step_flops}
+
+
+def failed(name: str, family: str, error: Exception) -> dict:
+    return {"name": name, "family": family,
+            "status": f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"}
+
+
 def measure(trainer: common.Trainer, data: common.EpochData, repeats: int) -> dict:
     """Warm-up (trace + compile + first step) and `repeats` timed epochs of one trainer."""
-    row = {"name": trainer.name, "family": trainer.family, "note": trainer.note}
     try:
-        row["warmup_s"] = common.timed(trainer.first_step)
+        warmup_s = common.timed(trainer.first_step)
         times = [common.timed(trainer.epoch) for _ in range(repeats)]
     except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
-        row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        return row
-    samples = data.steps * data.batch_size
-    row.update(status="measured", epoch_s=times, best_s=min(times), median_s=float(np.median(times)),
-               samples_per_s=samples / min(times), step_ms=1e3 * min(times) / data.steps,
-               step_flops=trainer.step_flops)
+        return failed(trainer.name, trainer.family, error)
+    row = measured(trainer.name, trainer.family, trainer.note, warmup_s, times, data, trainer.step_flops)
     if trainer.cost_analysis is not None:
         row["xla_step_flops"] = trainer.cost_analysis()
     return row
@@ -153,8 +166,8 @@ def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list[d
     try:
         trainers = module.make_trainers(model, data, args.lr)
     except Exception as error:  # noqa: BLE001 - e.g. a model nnjax does not provide yet
-        name = PEER_LABELS.get(framework, framework)
-        return [skipped(name, family, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")]
+        return [failed(PEER_LABELS.get(framework, framework), family, error)]
+    trainers = [t for t in trainers if t.name.split()[-1] in args.modes]
     rows = []
     while trainers:
         rows.append(measure(trainers.pop(0), data, args.repeats))
@@ -162,19 +175,21 @@ def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list[d
 
 
 def torch_row(model: str, data: common.EpochData, args, epoch_file: str, compiled: bool,
-              time_box: float) -> dict:
+              time_box: float, threads: int | None = None) -> dict:
     """A PyTorch row measured in a child process, killed if it runs past `time_box` seconds.
 
     A child process keeps PyTorch's OpenMP threads and XLA's thread pool from competing
     (measured here: a PyTorch step slowed up to 4x in a process that had run JAX).
+    `threads` None keeps PyTorch's default intra-op thread count (one per core).
     """
-    name = PEER_LABELS["torch_compile" if compiled else "torch"]
+    name = PEER_LABELS["torch_compile" if compiled else "torch"] + (f" {threads} thread" if threads == 1 else "")
     try:
         from bench_peers import torch_peer  # noqa: F401 - only checks that torch is installed
     except common.PeerUnavailable as reason:
         return skipped(name, "peer", str(reason))
     command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", model, "--epoch-file",
-               epoch_file, "--lr", str(args.lr), "--repeats", str(args.repeats)] + ([] if compiled else ["--eager"])
+               epoch_file, "--lr", str(args.lr), "--repeats", str(args.repeats)] + ([] if compiled else ["--eager"]) \
+        + ([] if threads is None else ["--threads", str(threads)])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=time_box, env=env, cwd=SCRIPTS)
@@ -188,16 +203,14 @@ def torch_row(model: str, data: common.EpochData, args, epoch_file: str, compile
     if compiled and result["first_step_s"] > args.compile_timeout:
         return skipped(name, "peer", f"skipped (compile took {result['first_step_s']:.0f} s, over "
                                      f"--compile-timeout {args.compile_timeout:.0f} s)")
-    times = result["epoch_s"]
-    return {"name": name, "family": "peer", "note": result["note"], "status": "measured",
-            "warmup_s": result["first_step_s"], "epoch_s": times, "best_s": min(times),
-            "median_s": float(np.median(times)), "samples_per_s": data.steps * data.batch_size / min(times),
-            "step_ms": 1e3 * min(times) / data.steps, "step_flops": common.step_flops(model, data.batch_size)}
+    return measured(name, "peer", result["note"], result["first_step_s"], result["epoch_s"], data,
+                    common.step_flops(model, data.batch_size))
 
 
 def torch_rows(model: str, data: common.EpochData, args) -> list[dict]:
-    """PyTorch eager, then torch.compile time-boxed to --compile-timeout plus twice the eager
-    epoch time per repeat."""
+    """PyTorch eager (with its default threads, and with one thread when the machine has more
+    than one core: on a loaded machine OpenMP's barriers can make one thread faster), then
+    torch.compile time-boxed to --compile-timeout plus twice the eager epoch time per repeat."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         epoch_file = os.path.join(folder, "epoch.npz")
@@ -206,6 +219,8 @@ def torch_rows(model: str, data: common.EpochData, args) -> list[dict]:
         if "torch" in args.frameworks:
             rows.append(torch_row(model, data, args, epoch_file, False, EAGER_TIME_BOX_S))
             eager_s = rows[-1].get("best_s", eager_s)
+            if (os.cpu_count() or 1) > 1 and rows[-1]["status"] == "measured":
+                rows.append(torch_row(model, data, args, epoch_file, False, EAGER_TIME_BOX_S, threads=1))
         if "torch_compile" in args.frameworks:
             time_box = args.compile_timeout + 2 * args.repeats * eager_s + 10
             rows.append(torch_row(model, data, args, epoch_file, True, time_box))

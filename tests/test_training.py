@@ -25,9 +25,9 @@ def full_splits():
 
 @pytest.fixture(scope="module")
 def small_splits(full_splits):
-    """2,048 training images, 2,000 test images: enough to learn, quick to score."""
+    """4,096 training images, 2,000 test images: enough to learn, quick to score."""
     s = full_splits
-    return s._replace(train_images=s.train_images[:2048], train_labels=s.train_labels[:2048],
+    return s._replace(train_images=s.train_images[:4096], train_labels=s.train_labels[:4096],
                       eval_images=s.test_images[:2000], eval_labels=s.test_labels[:2000],
                       test_images=s.test_images[:2000], test_labels=s.test_labels[:2000])
 
@@ -59,16 +59,20 @@ def reference(small_splits, tmp_path_factory):
             "results": run(model, small_splits, config, out_dir=out)}
 
 
-def test_cnn_short_run_learns(full_splits, small_splits):
-    """150 steps of 32 images (4,800 images, 1 epoch) with batch norm: well above chance."""
+def test_cnn_short_run_on_manual_gradients_learns(full_splits, small_splits):
+    """100 steps of 32 images with the hand-derived backprop (batch norm included): the
+    gradient check on the first batch passes and the test accuracy is far above chance."""
     model = training.cnn_model()
-    splits = small_splits._replace(train_images=full_splits.train_images[:4800],
-                                   train_labels=full_splits.train_labels[:4800])
+    splits = small_splits._replace(train_images=full_splits.train_images[:3200],
+                                   train_labels=full_splits.train_labels[:3200])
     config = small_config(splits, model, epochs=1, batch_size=32, lr=2e-3, warmup_epochs=0.1,
-                          eval_batch_size=250)
-    results = run(model, splits, config)
+                          eval_batch_size=250, grads="manual")
+    results = run(model, splits, config, check_grads=True)
+    check = results["gradient_check"]
+    assert check["passed"], check["report"]
+    assert "conv1 / W" in check["report"] and "bn2 / gamma" in check["report"]
     assert results["epoch_mode"] == training.resolve_epoch_mode("auto", "cnn")
-    assert results["test_accuracy"] >= 0.93
+    assert results["test_accuracy"] >= 0.9, results["test_accuracy"]
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(small_splits, reference, tmp_path):
@@ -127,31 +131,21 @@ def test_run_writes_results_metrics_curves_and_checkpoint(reference):
                                               training.RESULTS_FILE, training.CURVES_FILE])
 
 
-def test_cnn_gradient_sources_agree_on_a_batch(small_splits):
-    model = training.cnn_model(channels=(4, 8), hidden=16)
-    params, state = model.init(jax.random.key(0))
-    inputs = model.prepare(jnp.asarray(small_splits.train_images[:16]))
-    targets = jax.nn.one_hot(small_splits.train_labels[:16], 10)
-    check = training.compare_gradient_sources(model, params, state, inputs, targets, repeats=2)
-    assert check["passed"], check["report"]
-    assert "conv1 / W" in check["report"] and "bn2 / gamma" in check["report"]
-
-
-def test_checkpoint_round_trip_keeps_batch_norm_state_and_key(tmp_path):
-    model = training.cnn_model(channels=(4, 8), hidden=16)
-    params, state = model.init(jax.random.key(3))
-    state = jax.tree.map(lambda v: v + 0.5, state)
+def test_checkpoint_round_trip_keeps_params_optimizer_batch_norm_state_and_key(tmp_path):
+    params = {"conv1": {"W": jnp.arange(8.0).reshape(2, 1, 2, 2), "b": jnp.ones(2)}}
+    state = {"bn1": {"mean": jnp.full(2, 0.5), "var": jnp.full(2, 2.0)}}
     optimizer = training.make_optimizer(TrainConfig(epochs=2, batch_size=4, lr=1e-3, n_train=8))
-    key = jax.random.key_data(jax.random.key(7))
-    tree = (params, optimizer.init(params), state, key)
+    opt_state = optimizer.update(params, optimizer.init(params), params)[1]
+    tree = (params, opt_state, state, jax.random.key_data(jax.random.key(7)))
     path = str(tmp_path / "ckpt.npz")
     training.save_checkpoint(path, tree, {"epoch": 1, "history": [{"epoch": 1}]})
     template = jax.tree.map(jnp.zeros_like, tree)
     restored, meta = training.load_checkpoint(path, template)
     assert meta == {"epoch": 1, "history": [{"epoch": 1}]}
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree)):
-        np.testing.assert_array_equal(a, b)
     assert jax.tree.structure(restored) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
 
 
 def test_checkpoint_write_that_crashes_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
@@ -199,7 +193,7 @@ def test_resume_without_checkpoint_or_with_other_settings_is_refused(small_split
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 5000}, "batch_size=5000 is larger than the 2048"),
+    ({"batch_size": 5000}, "batch_size=5000 is larger than the 4096"),
     ({"grads": "numeric"}, r"grads='numeric' is not allowed; expected one of \['autodiff', 'manual'\]"),
     ({"epoch_mode": "fast"}, r"expected one of \['scan', 'loop', 'auto'\]"),
     ({"optimizer": "lbfgs"}, r"expected one of \['adamw', 'adam', 'sgd'\]"),
@@ -218,7 +212,7 @@ def test_bad_settings_raise_naming_the_setting(small_splits, overrides, message)
 
 def test_config_must_match_the_training_set(small_splits):
     model = training.mlp_model()
-    with pytest.raises(ValueError, match="n_train=1000 but the training set has 2048"):
+    with pytest.raises(ValueError, match="n_train=1000 but the training set has 4096"):
         run(model, small_splits, small_config(small_splits, model, n_train=1000))
 
 

@@ -7,7 +7,6 @@ from bench_peers import common
 from bench_peers.jax_common import loop_trainer, scan_trainer
 
 try:
-    import jax
     import optax
     from flax import nnx
 except ImportError as error:  # pragma: no cover - depends on the optional extra

@@ -35,8 +35,16 @@ def build(model: str) -> nn.Module:
     )
 
 
-def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool) -> common.Trainer:
-    """One PyTorch row: eager, or with the model wrapped in `torch.compile` (default mode)."""
+def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool,
+                 threads: int | None = None) -> common.Trainer:
+    """One PyTorch row: eager, or with the model wrapped in `torch.compile` (default mode).
+
+    Args:
+        threads: intra-op threads (`torch.set_num_threads`); None keeps PyTorch's default
+            (one per core).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     net = build(model).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     forward = torch.compile(net) if compiled else net
@@ -56,7 +64,7 @@ def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool) 
         for x, y in zip(xs, ys):
             step(x, y)
 
-    name = "PyTorch compile" if compiled else "PyTorch eager"
+    name = ("PyTorch compile" if compiled else "PyTorch eager") + (f" {threads} thread" if threads == 1 else "")
     note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     return common.Trainer(name, "peer", first_step, epoch, common.step_flops(model, data.batch_size), note=note)
 
@@ -69,16 +77,17 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--eager", action="store_true", help="measure eager mode instead")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
     args = parser.parse_args(argv)
     with open(args.epoch_file, "rb") as handle:
         import numpy as np
 
         saved = np.load(handle)
         data = common.EpochData(saved["images"], saved["labels"], saved["pixels"])
-    trainer = make_trainer(args.model, data, args.lr, compiled=not args.eager)
+    trainer = make_trainer(args.model, data, args.lr, compiled=not args.eager, threads=args.threads)
     first = common.timed(trainer.first_step)
     times = [common.timed(trainer.epoch) for _ in range(args.repeats)]
-    json.dump({"first_step_s": first, "epoch_s": times, "note": trainer.note}, sys.stdout)
+    json.dump({"name": trainer.name, "first_step_s": first, "epoch_s": times, "note": trainer.note}, sys.stdout)
     return 0
 
 
