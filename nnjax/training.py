@@ -73,13 +73,14 @@ EPOCH_MODE_DEFAULTS = {
 }
 """(model kind, backend) -> how `--epoch-mode auto` runs an epoch.
 
-CPU entries are measured (2-core AMD EPYC, jax 0.10.2, batch 128): the 784-128-64-10 MLP
-runs about twice as fast as one `lax.scan` per epoch (no per-step dispatch, and its small
-matrix products gain nothing from the loop), while the conv-BN CNN runs several times
-faster as a Python loop over the jitted step (XLA's CPU convolutions inside a `while` body
-lose their fast, multi-threaded path). GPU entries were not measured in this project: they
-follow the usual rule that a scan saves one kernel-launch round trip per step. A
-(model, backend) pair not listed runs as a loop.
+CPU entries are measured on this project's 2-core CPU (jax 0.10.2), the same training run
+in both modes. The 784-128-64-10 MLP (batch 128) runs faster as a `lax.scan`: 216k against
+111k samples/s (the project's first measurement), 38-77k against 34-47k (a later one, the
+machine shared with other jobs). The conv-BN CNN runs faster as a Python loop over the
+jitted step: 750 against 160 samples/s (batch 128), 334-382 against 105-184 (batch 64,
+shared machine). GPU entries were
+not measured here; they follow the usual rule that a scan saves a launch round trip per
+step. A (model, backend) pair not listed runs as a loop; ``--epoch-mode`` overrides.
 """
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -214,6 +215,9 @@ def load_splits(limit_train: int | None = None, val: int = 0) -> Splits:
     fit_images, fit_labels = train_images[:n - val], train_labels[:n - val]
     if limit_train is not None:
         limit_train = check_positive_int("load_splits", "limit_train", limit_train)
+        if limit_train > len(fit_labels):
+            raise ValueError(f"load_splits: limit_train={limit_train} is more than the "
+                             f"{len(fit_labels)} training images left after holding out val={val}")
         fit_images, fit_labels = fit_images[:limit_train], fit_labels[:limit_train]
     test = (test_images, test_labels.astype(np.int32))
     evaluation = (train_images[n - val:], train_labels[n - val:].astype(np.int32)) if val else test
@@ -238,7 +242,8 @@ class TrainConfig:
       schedule: ``"cosine"`` (linear warm-up, then cosine decay to 0), ``"onecycle"``
         (optax's one-cycle) or ``"constant"``.
       warmup_epochs: warm-up length of the cosine schedule, in epochs (may be fractional).
-      weight_decay: decoupled weight decay of adamw (ignored by the others).
+      weight_decay: adamw's decoupled weight decay; for adam and sgd, an L2 term
+        ``weight_decay * theta`` added to the gradient.
       label_smoothing: targets ``(1 - s) * one_hot + s / 10``; 0 trains on one-hot targets.
       eval_batch_size: examples per evaluation call.
       model: the model's `Model.describe`.
@@ -304,9 +309,8 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         lr = config.lr
     if config.optimizer == "adamw":
         return optax.adamw(lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return optax.adam(lr)
-    return optax.sgd(lr, momentum=0.9, nesterov=True)
+    update = optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr, momentum=0.9, nesterov=True)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), update)
 
 
 def resolve_epoch_mode(mode: str, model_kind: str, backend: str | None = None) -> str:
@@ -593,6 +597,109 @@ def _write_json_lines(path: str, records: list[dict]) -> None:
     _write_atomically(path, lambda f: f.write(text.encode()))
 
 
+class _RunState(NamedTuple):
+    params: object
+    opt_state: object
+    model_state: object
+    shuffle_key: jax.Array
+    history: list
+
+
+def _initial_state(model: Model, optimizer, config: TrainConfig, out_dir: str | None,
+                   resume: bool, log: Callable) -> _RunState:
+    """A fresh run from the seed, or the state of `out_dir`'s checkpoint when resuming."""
+    checkpoint_path = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
+    if resume and out_dir is None:
+        raise ResumeError("train: resume=True needs out_dir (where the checkpoint is)")
+    if resume and not os.path.exists(checkpoint_path):
+        raise ResumeError(f"train: --resume given but there is no checkpoint at "
+                          f"{checkpoint_path}; run without --resume to start afresh")
+    init_key, shuffle_key = jax.random.split(jax.random.key(config.seed))
+    params, model_state = model.init(init_key)
+    fresh = _RunState(params, optimizer.init(params), model_state, shuffle_key, [])
+    if not resume:
+        return fresh
+    try:
+        (params, opt_state, model_state, key_data), meta = load_checkpoint(
+            checkpoint_path, fresh[:3] + (jax.random.key_data(shuffle_key),))
+    except ValueError as error:
+        raise ResumeError(f"train: cannot resume: {error}") from None
+    expected = json.loads(json.dumps(dataclasses.asdict(config)))
+    if meta["config"] != expected:
+        changed = sorted(k for k in expected if meta["config"].get(k) != expected[k])
+        raise ResumeError(f"train: the checkpoint in {out_dir} comes from a different config "
+                          f"(differs in {changed}); resume with the same settings or start afresh")
+    log(f"resuming from the checkpoint of epoch {len(meta['history'])} in {checkpoint_path}")
+    return _RunState(params, opt_state, model_state,
+                     jax.random.wrap_key_data(jnp.asarray(key_data)), meta["history"])
+
+
+class _Compiled(NamedTuple):
+    batches: Callable
+    """epoch key -> (steps, B) example indices, a fresh permutation."""
+    epoch_part: Callable
+    """(carry, data, batches) -> (carry, (losses, corrects)): one step (loop) or a scan."""
+    steps_per_call: int
+    evaluate: Callable
+    seconds: float
+
+
+def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, run: _RunState,
+                 data: _Data, eval_set: _EvalSet) -> _Compiled:
+    """Compiles the permutation, the epoch's step or scan and the evaluation, ahead of time."""
+    steps, batch_size = config.steps_per_epoch, config.batch_size
+
+    def permutation(key):
+        return jax.random.permutation(key, config.n_train)[:steps * batch_size].reshape(steps, batch_size)
+
+    batches, seconds = _compile(permutation, run.shuffle_key)
+    example_batches = batches(run.shuffle_key)
+    carry = (run.params, run.opt_state, run.model_state, jnp.int32(0))
+    step = make_train_step(model, optimizer, config.grads, config.label_smoothing)
+    steps_per_call = _scan_chunk_length(steps) if epoch_mode == "scan" else 1
+    epoch_part = _scan_chunk(step, steps_per_call) if epoch_mode == "scan" else step
+    epoch_part, part_seconds = _compile(epoch_part, carry, data, example_batches, donate=True)
+    size = config.eval_batch_size
+    evaluate_batch, eval_seconds = _compile(
+        make_evaluate(model), run.params, run.model_state,
+        eval_set.images[:size], eval_set.labels[:size], eval_set.mask[:size])
+    return _Compiled(batches, epoch_part, steps_per_call, evaluate_batch,
+                     seconds + part_seconds + eval_seconds)
+
+
+def _run_epoch(compiled: _Compiled, carry, data: _Data, batches, batch_size: int, bar):
+    """Runs the epoch's steps; returns (carry, per-step losses, per-step correct counts).
+
+    The host reads the metrics (a sync) only about 20 times per epoch, for the progress bar.
+    """
+    calls = len(batches) // compiled.steps_per_call
+    refresh = max(1, calls // 20)
+    metrics = []
+    for i in range(calls):
+        carry, part_metrics = compiled.epoch_part(carry, data, batches)
+        metrics.append(part_metrics)
+        if (i + 1) % refresh == 0 or i + 1 == calls:
+            losses, corrects = jax.device_get(part_metrics)
+            bar.update((i + 1) * compiled.steps_per_call * batch_size - bar.n)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}",
+                            acc=f"{np.sum(corrects) / (np.size(corrects) * batch_size):.4f}")
+    losses, corrects = zip(*jax.device_get(metrics))
+    return carry, np.concatenate([np.atleast_1d(v) for v in losses]), \
+        np.concatenate([np.atleast_1d(v) for v in corrects])
+
+
+def _check_first_batch(model: Model, run: _RunState, data: _Data, first_batch,
+                       label_smoothing: float, log: Callable) -> dict:
+    """`compare_gradient_sources` on the run's first batch, logged."""
+    check = compare_gradient_sources(model, run.params, run.model_state,
+                                     model.prepare(data.images[first_batch]),
+                                     _targets(data.labels[first_batch], label_smoothing))
+    log(f"gradient check on the first batch (autodiff vs manual): "
+        f"{'PASSED' if check['passed'] else 'FAILED'}; step time autodiff "
+        f"{check['autodiff_ms']:.2f} ms, manual {check['manual_ms']:.2f} ms\n{check['report']}")
+    return check
+
+
 def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | None = None,
           resume: bool = False, stop_after_epoch: int | None = None, check_grads: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -616,145 +723,86 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
       The results dict (also ``results.json``): test accuracy and loss, ``history`` (one
       record per epoch), times (training without compilation, compilation, evaluation),
       samples/s, device, backend, epoch mode, config and versions.
+
+    Raises:
+      ValueError: a bad setting (naming it); `ResumeError` when resuming is impossible.
     """
     config.validate()
     if config.n_train != len(splits.train_labels):
         raise ValueError(f"train: config.n_train={config.n_train} but the training set has "
                          f"{len(splits.train_labels)} examples")
-    if resume and out_dir is None:
-        raise ResumeError("train: resume=True needs out_dir (where the checkpoint is)")
     epoch_mode = resolve_epoch_mode(config.epoch_mode, model.kind)
-    config_dict = dataclasses.asdict(config)
-    steps, batch_size = config.steps_per_epoch, config.batch_size
-
-    init_key, shuffle_key = jax.random.split(jax.random.key(config.seed))
-    params, state = model.init(init_key)
     optimizer = make_optimizer(config)
-    opt_state = optimizer.init(params)
-    history: list[dict] = []
-    checkpoint_path = os.path.join(out_dir, CHECKPOINT_FILE) if out_dir else None
+    run = _initial_state(model, optimizer, config, out_dir, resume, log)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         _remove_stale_temporary_files(out_dir)
-    if resume:
-        if not os.path.exists(checkpoint_path):
-            raise ResumeError(f"train: --resume given but there is no checkpoint at "
-                                    f"{checkpoint_path}; run without --resume to start afresh")
-        template = (params, opt_state, state, jax.random.key_data(shuffle_key))
-        try:
-            restored, meta = load_checkpoint(checkpoint_path, template)
-        except ValueError as error:
-            raise ResumeError(f"train: cannot resume: {error}") from None
-        expected = json.loads(json.dumps(config_dict))
-        if meta["config"] != expected:
-            changed = sorted(k for k in expected if meta["config"].get(k) != expected[k])
-            raise ResumeError(f"train: the checkpoint in {out_dir} comes from a different config "
-                             f"(differs in {changed}); resume with the same settings or start afresh")
-        params, opt_state, state, key_data = restored
-        shuffle_key = jax.random.wrap_key_data(jnp.asarray(key_data))
-        history = meta["history"]
-        log(f"resuming from the checkpoint of epoch {len(history)} in {checkpoint_path}")
 
     data = _Data(jax.device_put(splits.train_images), jax.device_put(splits.train_labels))
     eval_set = _eval_set(splits.eval_images, splits.eval_labels, config.eval_batch_size)
-    step = make_train_step(model, optimizer, config.grads, config.label_smoothing)
-    permute = lambda key: jax.random.permutation(key, config.n_train)[:steps * batch_size].reshape(steps, batch_size)
-    carry = (params, opt_state, state, jnp.int32(0))
-    eval_batch = eval_set.images[:config.eval_batch_size], eval_set.labels[:config.eval_batch_size], eval_set.mask[:config.eval_batch_size]
-
-    batches_fn, compile_time = _compile(permute, shuffle_key)
-    batches0 = batches_fn(jax.random.fold_in(shuffle_key, 0))
-    if epoch_mode == "scan":
-        chunk = _scan_chunk_length(steps)
-        step_fn, seconds = _compile(_scan_chunk(step, chunk), carry, data, batches0, donate=True)
-    else:
-        step_fn, seconds = _compile(step, carry, data, batches0, donate=True)
-    compile_time += seconds
-    eval_fn, seconds = _compile(make_evaluate(model), params, state, *eval_batch)
-    compile_time += seconds
-    log(f"compiled in {compile_time:.1f}s ({epoch_mode} epochs, {config.grads} gradients, "
+    compiled = _compile_run(model, optimizer, config, epoch_mode, run, data, eval_set)
+    log(f"compiled in {compiled.seconds:.1f}s ({epoch_mode} epochs, {config.grads} gradients, "
         f"{_device_name()})")
-
     gradient_check = None
     if check_grads:
-        first = batches0[0]
-        gradient_check = compare_gradient_sources(
-            model, params, state, model.prepare(data.images[first]),
-            _targets(data.labels[first], config.label_smoothing))
-        log(f"gradient check on the first batch (autodiff vs manual): "
-            f"{'PASSED' if gradient_check['passed'] else 'FAILED'}; step time autodiff "
-            f"{gradient_check['autodiff_ms']:.2f} ms, manual {gradient_check['manual_ms']:.2f} ms\n"
-            f"{gradient_check['report']}")
+        first_batch = compiled.batches(jax.random.fold_in(run.shuffle_key, 0))[0]
+        gradient_check = _check_first_batch(model, run, data, first_batch, config.label_smoothing, log)
 
+    config_dict = dataclasses.asdict(config)
+    params, opt_state, model_state, history = run.params, run.opt_state, run.model_state, run.history
+    samples = config.steps_per_epoch * config.batch_size
     eval_time = 0.0
-    for epoch in range(len(history), config.epochs):
+    for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        batches = batches_fn(jax.random.fold_in(shuffle_key, epoch))
-        carry = (params, opt_state, state, jnp.int32(0))
-        metrics = []
-        bar = tqdm(total=steps * batch_size, unit="img", unit_scale=True, leave=False,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        if epoch_mode == "scan":
-            for _ in range(steps // chunk):
-                carry, chunk_metrics = step_fn(carry, data, batches)
-                metrics.append(jax.device_get(chunk_metrics))
-                bar.update(chunk * batch_size)
-                bar.set_postfix(loss=f"{np.mean(metrics[-1][0]):.4f}",
-                                acc=f"{np.sum(metrics[-1][1]) / (chunk * batch_size):.4f}")
-            losses = np.concatenate([m[0] for m in metrics])
-            corrects = np.concatenate([m[1] for m in metrics])
-        else:
-            refresh = max(1, steps // 20)
-            for i in range(steps):
-                carry, step_metrics = step_fn(carry, data, batches)
-                metrics.append(step_metrics)
-                if (i + 1) % refresh == 0 or i + 1 == steps:
-                    loss_now, correct_now = jax.device_get(step_metrics)
-                    bar.update((i + 1) * batch_size - bar.n)
-                    bar.set_postfix(loss=f"{loss_now:.4f}", acc=f"{correct_now / batch_size:.4f}")
-            losses, corrects = (np.asarray(m) for m in zip(*jax.device_get(metrics)))
-        bar.close()
-        params, opt_state, state, _ = carry
+        batches = compiled.batches(jax.random.fold_in(run.shuffle_key, epoch - 1))
+        with tqdm(total=samples, unit="img", unit_scale=True, leave=False,
+                  desc=f"epoch {epoch}/{config.epochs}", disable=not progress) as bar:
+            carry, losses, corrects = _run_epoch(
+                compiled, (params, opt_state, model_state, jnp.int32(0)), data, batches,
+                config.batch_size, bar)
+        params, opt_state, model_state, _ = carry
         train_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        eval_loss, eval_accuracy = evaluate(eval_fn, params, state, eval_set, config.eval_batch_size)
+        eval_loss, eval_accuracy = evaluate(compiled.evaluate, params, model_state, eval_set,
+                                            config.eval_batch_size)
         eval_time += time.perf_counter() - start
-        record = {
-            "epoch": epoch + 1,
+        history.append({
+            "epoch": epoch,
             "train_loss": float(np.mean(losses)),
-            "train_accuracy": float(np.sum(corrects)) / (steps * batch_size),
+            "train_accuracy": float(np.sum(corrects)) / samples,
             f"{splits.eval_name}_loss": eval_loss,
             f"{splits.eval_name}_accuracy": eval_accuracy,
             "train_time_s": train_seconds,
-            "samples_per_s": steps * batch_size / train_seconds,
-        }
-        history.append(record)
-        log(f"epoch {epoch + 1:3d}/{config.epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {100 * record['train_accuracy']:.2f}%  {splits.eval_name} loss {eval_loss:.4f} "
-            f"acc {100 * eval_accuracy:.2f}%  {train_seconds:.1f}s "
-            f"{record['samples_per_s']:,.0f} samples/s")
+            "samples_per_s": samples / train_seconds,
+        })
+        log(f"epoch {epoch:3d}/{config.epochs}  train loss {history[-1]['train_loss']:.4f} "
+            f"acc {100 * history[-1]['train_accuracy']:.2f}%  {splits.eval_name} loss "
+            f"{eval_loss:.4f} acc {100 * eval_accuracy:.2f}%  {train_seconds:.1f}s "
+            f"{samples / train_seconds:,.0f} samples/s")
         if out_dir:
-            save_checkpoint(checkpoint_path, (params, opt_state, state, jax.random.key_data(shuffle_key)),
-                            {"epoch": epoch + 1, "history": history, "config": config_dict})
+            save_checkpoint(os.path.join(out_dir, CHECKPOINT_FILE),
+                            (params, opt_state, model_state, jax.random.key_data(run.shuffle_key)),
+                            {"epoch": epoch, "history": history, "config": config_dict})
             _write_json_lines(os.path.join(out_dir, METRICS_FILE), history)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-            log(f"stopped after epoch {epoch + 1} as asked; continue with --resume")
-            return {"stopped_after_epoch": epoch + 1, "history": history, "config": config_dict}
+        if stop_after_epoch is not None and stop_after_epoch <= epoch < config.epochs:
+            log(f"stopped after epoch {epoch} as asked; continue with --resume")
+            return {"stopped_after_epoch": epoch, "history": history, "config": config_dict}
 
     if splits.eval_name == "test":
         test_loss, test_accuracy = history[-1]["test_loss"], history[-1]["test_accuracy"]
     else:
         test_set = _eval_set(splits.test_images, splits.test_labels, config.eval_batch_size)
-        test_loss, test_accuracy = evaluate(eval_fn, params, state, test_set, config.eval_batch_size)
+        test_loss, test_accuracy = evaluate(compiled.evaluate, params, model_state, test_set,
+                                            config.eval_batch_size)
     train_time = sum(r["train_time_s"] for r in history)
     results = {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "train_time_s": train_time,
-        "compile_time_s": compile_time,
+        "compile_time_s": compiled.seconds,
         "eval_time_s": eval_time,
-        "samples_per_s": len(history) * steps * batch_size / train_time,
+        "samples_per_s": len(history) * samples / train_time,
         "epochs": len(history),
         "epoch_mode": epoch_mode,
         "device": _device_name(),

@@ -74,10 +74,30 @@ def test_bench_cnn_nnjax_loop_rows(tmp_path):
     assert results["configs"][0]["summary"]["manual_over_autodiff_loop"] > 0
 
 
-def test_torch_compile_past_its_time_box_is_skipped(tmp_path):
-    pytest.importorskip("torch")
-    sys.path[:0] = [str(SCRIPTS), str(ROOT)]
+@pytest.fixture
+def bench_module(monkeypatch):
+    """scripts/bench.py imported in-process."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.syspath_prepend(str(SCRIPTS))
     import bench
+
+    return bench
+
+
+def test_missing_peer_is_reported_skipped_not_installed(bench_module, monkeypatch):
+    from bench_peers import common
+
+    monkeypatch.setitem(sys.modules, "flax", None)
+    monkeypatch.delitem(sys.modules, "bench_peers.flax_nnx", raising=False)
+    args = bench_module.parse_args(["--frameworks", "flax"])
+    images, labels = common.synthetic_mnist(8)
+    rows = bench_module.jax_rows("flax", "mlp", common.cut_epoch(images, labels, 4, 2), args)
+    assert rows == [{"name": "Flax NNX", "family": "peer", "status": "skipped (not installed: flax)"}]
+
+
+def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
+    pytest.importorskip("torch")
+    bench = bench_module
     from bench_peers import common
 
     args = bench.parse_args(["--compile-timeout", "0.1", "--repeats", "1"])

@@ -6,19 +6,26 @@ Forward, on the zero-padded input P = pad(x) (C_in, Hp, Wp) with stride s:
 
 Differentiating the sum term by term with the upstream delta_{o,i,j} = dL/dz_{o,i,j}:
 
-    dL/db_o       = sum_{i,j} delta_{o,i,j}
+    dL/db_o         = sum_{i,j} delta_{o,i,j}
     dL/dW_{o,c,m,n} = sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}
-                  -> the correlation of P with delta dilated by s (s - 1 zeros between its
-                     entries), one (kh, kw) map per pair (o, c)
-    dL/dP_{c,p,q} = sum_{o,i,j,m,n : i*s+m = p, j*s+n = q} delta_{o,i,j} W_{o,c,m,n}
-                  -> the FULL convolution of the dilated delta (padded by k - 1 on each side)
-                     with the kernel flipped in both spatial axes, in and out channels swapped
-    dL/dx         = dL/dP with the padding cropped off.
+                    -> the correlation of P with delta dilated by s (s - 1 zeros between
+                       its entries): one (kh, kw) map per pair (o, c)
+    dL/dP_{c,p,q}   = sum_{o,i,j,m,n : i*s+m = p, j*s+n = q} delta_{o,i,j} W_{o,c,m,n}
+                    -> the FULL convolution of the dilated delta (padded by k - 1 on each
+                       side) with the kernel flipped in both spatial axes, in and out channels
+                       swapped
+    dL/dx           = dL/dP with the padding cropped off.
 
-The batch-level functions `conv2d_weight_grad` and `conv2d_input_grad` compute these for a
-batch of examples with ONE `lax.conv_general_dilated` each (for dW the batch axis is contracted
-inside the convolution, so the per-example weight gradients are never materialized).
-`conv2d_backward` is the per-example contract, a batch of one.
+Two forms of the same formulas:
+- Batch level, `conv2d_weight_grad` and `conv2d_input_grad`: ONE `lax.conv_general_dilated`
+  each over a whole batch (for dW the example index is contracted inside the convolution, so
+  per-example weight gradients are never materialized). For callers that hold the batch.
+- Per example, `conv2d_backward` (the layer contract). The patch P_{c, i*s+m, j*s+n} is entry
+  ((c, m, n), (i, j)) of `im2col(x)`, so the dW correlation is one matrix product,
+  dW_mat = delta_mat @ im2col(x)^T with delta_mat of shape (C_out, H'*W'). Under `jax.vmap`
+  that becomes one batched matrix product, which XLA runs faster on CPU than the grouped
+  convolution that vmapping the `lax` correlation gives (measured: 3.8 vs 7.4 ms for
+  conv 1->32 on 28x28, 60 vs 72 ms for 32->64 on 13x13, batch 128, forward + gradient).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import check_conv_args, conv_output_shape
+from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
 
@@ -38,12 +45,13 @@ def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
 
 
 def conv2d_weight_grad(X, delta, kernel_hw, stride, pads):
-    """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)).
+    """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)), ONE convolution.
 
-    dW_{o,c,m,n} = sum_{batch} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}: a convolution whose
-    "batch" axis is c, whose contracted feature axis is the example index, whose kernel is
-    delta dilated by the stride (`rhs_dilation`), on the input padded by `pads` less the
-    rows no window reaches (so the result is exactly (kh, kw)).
+    dW_{o,c,m,n} = sum_{examples} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}: a convolution
+    whose "batch" axis is c, whose contracted feature axis is the example index, and whose
+    kernel is delta dilated by the stride (`rhs_dilation`), on the input padded by `pads` less
+    the rows no window reaches (so the result is exactly (kh, kw)). The per-example weight
+    gradients are never materialized.
 
     Args:
       X: (N, C_in, H, W) layer inputs.
@@ -67,8 +75,8 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads):
 
     dx = crop(full_conv(dilate_s(delta), flip(W))): delta dilated by the stride
     (`lhs_dilation`), padded by k - 1 on each side (the "full" convolution) minus the input
-    padding that is cropped off (plus the unused rows, which get zero gradient), correlated
-    with W flipped in (m, n) and with in/out channels swapped.
+    padding that is cropped off (plus the rows no window reached, which get zero gradient),
+    correlated with W flipped in (m, n) and with in/out channels swapped.
 
     Args:
       W: (C_out, C_in, kh, kw).
@@ -91,7 +99,8 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads):
 def conv2d_backward(params, x, delta, stride=1, padding="valid"):
     """Gradients of one example's conv layer from delta = dL/dz.
 
-    dL/db_o = sum_{i,j} delta_{o,i,j};  dL/dW = corr(pad(x), dilate_s(delta));
+    dL/db_o = sum_{i,j} delta_{o,i,j};
+    dL/dW = corr(pad(x), dilate_s(delta)) = delta_mat @ im2col(x)^T;
     dL/dx = crop(full_conv(dilate_s(delta), flip(W))) (derivation in this module's docstring).
 
     Args:
@@ -104,11 +113,12 @@ def conv2d_backward(params, x, delta, stride=1, padding="valid"):
       ({"W": (C_out, C_in, kh, kw), "b": (C_out,)}, dx: (C_in, H, W)).
     """
     fn = "conv2d_backward"
-    W, b, x, stride, pads = check_conv_args(fn, params, x, stride, padding)
+    W, _, x, stride, pads = check_conv_args(fn, params, x, stride, padding)
+    c_out = W.shape[0]
     out_hw = conv_output_shape(x.shape[1:], W.shape[2:], stride, pads)
-    check_shape(fn, "delta", delta, (W.shape[0], *out_hw),
+    check_shape(fn, "delta", delta, (c_out, *out_hw),
                 f" = (C_out, H', W'), the output of conv2d for x {x.shape} and W {W.shape}")
     delta = jnp.asarray(delta, x.dtype)
-    dW = conv2d_weight_grad(x[None], delta[None], W.shape[2:], stride, pads)
+    dW = delta.reshape(c_out, -1) @ im2col(x, W.shape[2:], stride, pads).T
     dx = conv2d_input_grad(W, delta[None], x.shape[1:], stride, pads)[0]
-    return {"W": dW, "b": jnp.sum(delta, axis=(1, 2))}, dx
+    return {"W": dW.reshape(W.shape), "b": jnp.sum(delta, axis=(1, 2))}, dx

@@ -17,6 +17,7 @@ elementwise max or sum of strided slices. Measured on CPU, that form runs faster
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from nnjax._checks import as_pair, check_float_array, check_rank
 
@@ -49,15 +50,25 @@ def pool_output_shape(in_hw, window, stride) -> tuple[int, int]:
     return tuple((n - k) // s + 1 for n, k, s in zip(in_hw, window, stride))
 
 
-def window_views(x, window, stride) -> list:
+def window_views(x, window, stride, axes=(1, 2)) -> list:
     """The kh*kw shifted views x[:, m + i*sh, n + j*sw], each (C, H', W'), offsets row-major.
 
     View number m*kw + n holds, at (c, i, j), the element at offset (m, n) of window (i, j);
     a pooling layer reduces across the views elementwise.
+
+    Args:
+      x: the input, (C, H, W) by default.
+      window: (kh, kw).
+      stride: (sh, sw).
+      axes: the two spatial axes of x; (0, 1) for a channels-last (H, W, C) array.
+
+    Returns:
+      A list of kh*kw arrays shaped like x with the spatial sizes (H', W').
     """
     (kh, kw), (sh, sw) = window, stride
-    out_h, out_w = pool_output_shape(x.shape[1:], window, stride)
-    return [x[:, m:m + sh * (out_h - 1) + 1:sh, n:n + sw * (out_w - 1) + 1:sw]
+    out_h, out_w = pool_output_shape([x.shape[a] for a in axes], window, stride)
+    return [lax.slice_in_dim(lax.slice_in_dim(x, m, m + sh * (out_h - 1) + 1, sh, axes[0]),
+                             n, n + sw * (out_w - 1) + 1, sw, axes[1])
             for m in range(kh) for n in range(kw)]
 
 
