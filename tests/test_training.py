@@ -252,3 +252,16 @@ def test_mlp_model_checks_its_sizes():
         training.mlp_model((100, 10))
     with pytest.raises(ValueError, match="activation"):
         training.mlp_model(activation="gelu")
+
+
+def test_validation_hold_out_is_scored_each_epoch_and_the_test_set_at_the_end(tmp_path):
+    model = training.mlp_model()
+    splits = training.load_splits(limit_train=1024, val=1000)
+    config = TrainConfig(epochs=2, batch_size=128, lr=3e-3, warmup_epochs=0.5,
+                         model=model.describe, n_train=1024)
+    results = run(model, splits, config, out_dir=str(tmp_path))
+    assert [sorted(k for k in r if k.startswith("val_")) for r in results["history"]] == \
+        [["val_accuracy", "val_loss"]] * 2
+    assert all("test_accuracy" not in r for r in results["history"])
+    assert 0.7 < results["test_accuracy"] < 1 and results["test_accuracy"] != results["history"][-1]["val_accuracy"]
+    assert (tmp_path / training.CURVES_FILE).exists()
