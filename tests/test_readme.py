@@ -30,5 +30,5 @@ def test_cnn_example_runs_as_written():
 
 def test_readme_make_targets_exist():
     makefile = (ROOT / "Makefile").read_text()
-    for target in re.findall(r"make (\w+)", README):
+    for target in re.findall(r"`make (\w+)", README) + re.findall(r"^make (\w+)", README, re.M):
         assert re.search(rf"^{target}:", makefile, re.M), f"README mentions 'make {target}' but the Makefile has no such target"
