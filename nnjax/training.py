@@ -477,18 +477,21 @@ def compare_gradient_sources(model: Model, params, state, inputs, targets,
             "autodiff_ms": times["autodiff"], "manual_ms": times["manual"]}
 
 
-def _write_atomically(path: str, write: Callable) -> None:
+def _write_atomically(path: str, write: Callable, durable: bool = False) -> None:
     """Calls ``write(file)`` on a temporary file beside `path`, then renames it over `path`.
 
-    A crash at any point leaves either the old file or the new one, never a partial one; the
-    temporary file is removed if writing fails.
+    A crash of the program at any point leaves either the old file or the new one, never a
+    partial one; the temporary file is removed if writing fails (a killed program leaves it
+    behind, and `train` deletes it on its next start). ``durable=True`` also flushes the file
+    to disk before the rename, so that the same holds if the machine loses power.
     """
     tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "xb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -517,7 +520,7 @@ def save_checkpoint(path: str, tree, meta: dict) -> None:
     header = json.dumps({"meta": meta, "treedef": str(treedef), "leaves": len(leaves)})
     arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays["header"] = np.frombuffer(header.encode(), dtype=np.uint8)
-    _write_atomically(path, lambda f: np.savez(f, **arrays))
+    _write_atomically(path, lambda f: np.savez(f, **arrays), durable=True)
 
 
 def load_checkpoint(path: str, template):
@@ -565,7 +568,8 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
 
     epochs = [r["epoch"] for r in history]
     eval_name = "val" if "val_loss" in history[0] else "test"
-    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    fig = Figure(figsize=(9, 3.5))
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
     for ax, metric, scale in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("log", "linear")):
         for split in ("train", eval_name):
             ax.plot(epochs, [r[f"{split}_{metric}"] for r in history], marker="o", label=split)
@@ -587,9 +591,22 @@ def _compile(fn: Callable, *args, donate: bool = False):
     return compiled, time.perf_counter() - start
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo where there is one, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.machine()
+
+
 def _device_name() -> str:
+    """E.g. ``cpu: AMD EPYC (2 cores)`` or ``gpu: NVIDIA H100 80GB HBM3 (16 CPU cores)``."""
     device = jax.devices()[0]
-    return f"{device.platform}: {device.device_kind} ({os.cpu_count()} CPU cores, {platform.machine()})"
+    if device.platform == "cpu":
+        return f"cpu: {_cpu_model()} ({os.cpu_count()} cores)"
+    return f"{device.platform}: {device.device_kind} ({os.cpu_count()} CPU cores)"
 
 
 def _write_json_lines(path: str, records: list[dict]) -> None:

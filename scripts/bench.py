@@ -274,8 +274,8 @@ def summarize(model: str, batch_size: int, rows: list[dict]) -> dict:
         auto, manual = by_name.get(f"nnjax autodiff {mode}"), by_name.get(f"nnjax manual {mode}")
         if auto and manual:
             summary[f"manual_over_autodiff_{mode}"] = manual["step_ms"] / auto["step_ms"]
-    first = [r["warmup_s"] for name, r in by_name.items() if name.startswith("nnjax") and name.endswith("loop")]
-    summary["first_step_s"] = min(first) if first else None
+    first = by_name.get("nnjax autodiff loop") or by_name.get("nnjax manual loop")
+    summary["first_step_s"] = first and first["warmup_s"]
     return summary
 
 

@@ -62,7 +62,10 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, capsys
     out = tmp_path / "killed"
     checkpoint, results = out / "checkpoint.npz", out / "results.json"
     command = [sys.executable, os.path.join(EXPERIMENTS, "mnist_mlp.py"), *flags, "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           # the resumed process loads what the killed one compiled
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -1,7 +1,8 @@
-"""Backpropagation through the experiments' CNN by hand: the chain of the layers' backward passes.
+"""Backpropagation through the experiments' CNN by hand: the forward pass that records every
+intermediate value, then the chain of the layers' backward passes.
 
 Chapter sections "Backpropagation Algorithm", "Convolutional Neural Networks" and
-"Normalization Techniques". The forward of `nnjax.network.cnn_forward`, per block i,
+"Normalization Techniques". The forward (`cnn_forward`, one example), per block i,
 
     z_i = conv_i(p_{i-1}),  u_i = BN_i(z_i),  a_i = ReLU(u_i),  p_i = maxpool(a_i)   (p_0 = x)
 
@@ -16,7 +17,7 @@ delta = dL/d(each output), for L = 1/m sum_i softmax_cross_entropy(logits_i, y_i
       delta_a_i = maxpool_backward(a_i, delta_p_i)          routed to each window's maximum
       delta_u_i = delta_a_i * ReLU'(u_i)                    activation_backward
       dgamma_i, dbeta_i, delta_z_i = batch_norm_backward    through the batch mean and variance
-      dW_i, db_i, delta_p_{i-1} = conv2d_backward           correlation of input and delta,
+      dW_i, db_i, delta_p_{i-1} = conv backward             correlation of input and delta,
                                                             full convolution with the flipped kernel
 
 Every step runs on the whole batch, so the parameter gradients are never materialized per
@@ -25,26 +26,157 @@ matrix product), the convolutions with `conv2d_weight_grad` / `conv2d_input_grad
 convolution each, the batch contracted inside). Pooling and batch norm run their per-example
 backward under `jax.vmap` (batch norm's with the named batch axis, for the batch means).
 Measured on CPU at batch 128, this is faster than vmapping `conv2d_backward` and summing
-(about 15% per step, CPU).
+(about 15% per step).
+
+The network's own functions (`nnjax.network.cnn_init`, `cnn_apply`, `cnn_loss`) build on
+`cnn_forward`; it lives here, below the network, as the first half of backpropagation.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from nnjax._checks import check_float_array, check_rank, check_shape
+from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
+from nnjax.backprop.custom_vjp import conv2d_fast
 from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import max_pool2d_backward
+from nnjax.layers.conv import conv2d, conv_output_size
+from nnjax.layers.dense import dense
+from nnjax.layers.normalization import batch_norm
+from nnjax.layers.pooling import max_pool2d
 from nnjax.losses import softmax_cross_entropy
-from nnjax.network.cnn import POOL_WINDOW, check_batch, cnn_forward, cnn_num_blocks
 
-__all__ = ["cnn_grads", "cnn_value_and_grads"]
+__all__ = ["POOL_WINDOW", "FAST_CONV_MAX_IN_CHANNELS", "cnn_feature_shape", "cnn_num_blocks",
+           "check_cnn_batch", "cnn_forward", "cnn_value_and_grads", "cnn_grads"]
+
+POOL_WINDOW = 2
+"""Every block ends in a 2x2 max pool with stride 2, halving H and W (rounding down)."""
+
+FAST_CONV_MAX_IN_CHANNELS = 16
+"""Convs with at most this many input channels run as `conv2d_fast` (hand-derived gradient)."""
 
 _AXIS = "batch"
 _STRIDE = (1, 1)
 _VALID = ((0, 0), (0, 0))
-"""The CNN's convolutions: stride 1, valid padding (as `nnjax.network.cnn_forward` calls them)."""
+"""The CNN's convolutions: stride 1, valid padding."""
+
+
+def cnn_feature_shape(in_shape, channels, kernel_size, fn: str = "cnn_feature_shape") -> tuple[int, int, int]:
+    """(C, H, W) of the feature map after the conv blocks (what dense1 flattens).
+
+    Each block maps (H, W) to (H - kh + 1, W - kw + 1) (valid conv: the chapter's
+    out_size = (in_size - kernel_size + 2 * 0) / 1 + 1), then halves it, rounding down (pool).
+
+    Args:
+      in_shape: (C, H, W) of one input image.
+      channels: output channels of each block.
+      kernel_size: (kh, kw).
+      fn: the public function asking, named in error messages.
+
+    Raises:
+      ValueError: the image gets smaller than the kernel or the pool window on the way.
+    """
+    c, h, w = in_shape
+    for i, c_out in enumerate(channels, start=1):
+        h, w = conv_output_size(h, kernel_size[0]), conv_output_size(w, kernel_size[1])
+        if min(h, w) < POOL_WINDOW:
+            raise ValueError(f"{fn}: in_shape={tuple(in_shape)} is too small: after conv{i} the "
+                             f"feature map is {h}x{w}, smaller than the {POOL_WINDOW}x{POOL_WINDOW} pool")
+        c, h, w = c_out, h // POOL_WINDOW, w // POOL_WINDOW
+    return c, h, w
+
+
+def cnn_num_blocks(params) -> int:
+    """The number of conv blocks in `params` (conv1, conv2, ...); checks the dict's keys."""
+    fn = "cnn_num_blocks"
+    if not isinstance(params, dict):
+        raise TypeError(f"{fn}: params must be the dict cnn_init returns, got {type(params).__name__}")
+    n = sum(1 for k in params if k.startswith("conv"))
+    expected = {f"{layer}{i}" for i in range(1, n + 1) for layer in ("conv", "bn")} | {"dense1", "dense2"}
+    if n == 0 or set(params) != expected:
+        raise ValueError(f"{fn}: params has keys {sorted(params)}, expected {sorted(expected)} "
+                         f"as cnn_init returns")
+    return n
+
+
+def _check_input(fn: str, params, state, x) -> int:
+    """Checks one example against the network's first conv and dense1; returns the block count."""
+    n = cnn_num_blocks(params)
+    if not isinstance(state, dict) or set(state) != {f"bn{i}" for i in range(1, n + 1)}:
+        raise ValueError(f"{fn}: state must hold the running statistics bn1..bn{n} as cnn_init "
+                         f"returns, got {sorted(state) if isinstance(state, dict) else state!r}")
+    x = check_float_array(fn, "x", x)
+    check_rank(fn, "x", x, 3, "one example (C, H, W); for a batch use cnn_loss or "
+                              "jax.vmap(..., axis_name='batch')")
+    W1 = params["conv1"]["W"]
+    check_shape(fn, "x", x, (W1.shape[1], None, None),
+                f" = (C, H, W) with C = {W1.shape[1]}, the input channels of conv1['W'] {W1.shape}")
+    channels = tuple(params[f"conv{i}"]["W"].shape[0] for i in range(1, n + 1))
+    c, h, w = cnn_feature_shape(x.shape, channels, W1.shape[2:], fn)
+    n_in = params["dense1"]["W"].shape[1]
+    if c * h * w != n_in:
+        raise ValueError(f"{fn}: x of shape {x.shape} leaves ({c}, {h}, {w}) = {c * h * w} features "
+                         f"after the conv blocks, but dense1['W'] takes {n_in}; build the network "
+                         f"with cnn_init(key, in_shape=...) for this input size")
+    return n
+
+
+def check_cnn_batch(fn: str, params, X, Y):
+    """Checks a batch: X (m, C, H, W) floats, Y (m, K) with K the outputs of dense2; returns X."""
+    X = check_float_array(fn, "X", X)
+    check_rank(fn, "X", X, 4, "a batch (m, C, H, W)")
+    cnn_num_blocks(params)
+    classes = params["dense2"]["W"].shape[0]
+    check_shape(fn, "Y", Y, (X.shape[0], classes),
+                f" = (m, K) one-hot, m = {X.shape[0]} images of X and K = {classes} outputs of dense2")
+    return X
+
+
+def _conv(params, x):
+    """`conv2d`, or `conv2d_fast` for a layer with few input channels.
+
+    The same values; under `jax.grad` (`nnjax.network.cnn_loss`) the faster backward: the
+    hand-derived one wins for few input channels, autodiff of the vmapped forward for wide
+    ones. Measured on CPU at batch 128, conv1 (1 -> 32) fast and conv2 (32 -> 64) plain made an
+    autodiff training step about 10% faster than plain convs; both fast was slower than both
+    plain, and `max_pool2d_fast` in place of `max_pool2d` gained nothing.
+    """
+    fast = params["W"].shape[1] <= FAST_CONV_MAX_IN_CHANNELS
+    return (conv2d_fast if fast else conv2d)(params, x)
+
+
+def _forward(fn: str, params, state, x, train, axis_name):
+    """`cnn_forward`, naming the public function `fn` in error messages."""
+    n = _check_input(fn, params, state, x)
+    cache, new_state, h = {}, {}, x
+    for i in range(1, n + 1):
+        cache[f"conv{i}"] = _conv(params[f"conv{i}"], h)
+        cache[f"bn{i}"], new_state[f"bn{i}"] = batch_norm(
+            params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"], train=train, axis_name=axis_name)
+        cache[f"relu{i}"] = relu(cache[f"bn{i}"])
+        h = cache[f"pool{i}"] = max_pool2d(cache[f"relu{i}"], POOL_WINDOW)
+    cache["flat"] = h.reshape(-1)
+    cache["dense1"] = dense(params["dense1"], cache["flat"])
+    cache["hidden"] = relu(cache["dense1"])
+    cache["logits"] = dense(params["dense2"], cache["hidden"])
+    return cache["logits"], (new_state if train else state), cache
+
+
+def cnn_forward(params, state, x, *, train, axis_name="batch"):
+    """The CNN's forward pass on ONE image, recording every intermediate value.
+
+    `nnjax.network.cnn_apply` is this without the record. Arguments as `cnn_apply`.
+
+    Returns:
+      (logits (K,), new_state, cache) with cache holding, per block i: "conv{i}" the conv
+      output z_i, "bn{i}" the batch-norm output u_i, "relu{i}" its ReLU a_i, "pool{i}" the
+      pooled map p_i; then "flat" (the flattened features f), "dense1" W1 f + b1, "hidden"
+      ReLU of it, and "logits".
+    """
+    return _forward("cnn_forward", params, state, x, train, axis_name)
 
 
 def _dense_batch_backward(params, A, Delta):
@@ -101,31 +233,28 @@ def cnn_value_and_grads(params, state, X, Y):
       ((loss, new_state), grads): loss the mean cross-entropy, new_state the updated running
       statistics, grads with params' structure.
     """
-    fn = "cnn_grads"
+    X = check_cnn_batch("cnn_grads", params, X, Y)
     num_blocks = cnn_num_blocks(params)
-    X = check_batch(fn, params, X, Y)
     logits, new_state, cache = jax.vmap(
-        lambda x: cnn_forward(params, state, x, train=True, axis_name=_AXIS),
+        lambda x: _forward("cnn_grads", params, state, x, True, _AXIS),
         axis_name=_AXIS, out_axes=(0, None, 0))(X)
-    m = X.shape[0]
     grads = {}
-    delta = softmax_cross_entropy_backward(logits, Y) / m
+    delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
     grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)
     delta = activation_backward("relu", cache["dense1"], delta)
     grads["dense1"], delta = _dense_batch_backward(params["dense1"], cache["flat"], delta)
     delta = delta.reshape(cache[f"pool{num_blocks}"].shape)
     grads.update(_blocks_backward(params, X, cache, delta, num_blocks))
-    loss = jnp.mean(softmax_cross_entropy(logits, Y))
-    return (loss, new_state), grads
+    return (jnp.mean(softmax_cross_entropy(logits, Y)), new_state), grads
 
 
 def cnn_grads(params, state, X, Y):
     """Gradients of the CNN's mean softmax cross-entropy over a batch, by hand-derived backprop.
 
     Equal to `jax.grad(nnjax.network.cnn_loss, has_aux=True)(params, state, X, Y)`: the chain
-    of softmax_cross_entropy_backward, dense_backward (batch form), activation_backward,
-    max_pool2d_backward, batch_norm_backward and conv2d_backward, described in this module's
-    docstring. `cnn_value_and_grads` also returns the loss.
+    of softmax_cross_entropy_backward, dense backward (batch form), activation_backward,
+    max_pool2d_backward, batch_norm_backward and the conv backward (batch form), described in
+    this module's docstring. `cnn_value_and_grads` also returns the loss.
 
     Args:
       params, state: as `nnjax.network.cnn_init` returns.

@@ -26,7 +26,7 @@ from nnjax._checks import as_pair, check_choice, check_float_array, check_positi
 from nnjax.layers.dense import init_weights
 
 __all__ = [
-    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "check_conv_args", "conv2d_init", "conv2d",
+    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
     "im2col", "conv2d_im2col",
 ]
 

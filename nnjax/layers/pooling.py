@@ -21,7 +21,7 @@ from jax import lax
 
 from nnjax._checks import as_pair, check_float_array, check_rank
 
-__all__ = ["pool_output_shape", "window_views", "max_pool2d", "avg_pool2d", "check_pool_args"]
+__all__ = ["pool_output_shape", "window_views", "max_pool2d", "avg_pool2d"]
 
 
 def check_pool_args(fn: str, x, window, stride):

@@ -84,9 +84,26 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         totals = op_times(trace_dir, steps)
     ops_ms = sum(totals.values())
     ops = [{"name": name, "ms": ms, "share": ms / ops_ms, "what": _fused_ops(hlo, name)}
-           for name, ms in totals.most_common(top)]
+           for name, ms in totals.most_common()]
+    kinds: collections.Counter = collections.Counter()
+    for op in ops:
+        kinds[op_kind(op["what"])] += op["ms"]
     return {"model": model, "batch_size": batch_size, "grads": grads, "step_ms": step_ms,
-            "ops_ms": ops_ms, "ops": ops}
+            "ops_ms": ops_ms, "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
+
+
+def op_kind(what: str) -> str:
+    """A coarse class of an XLA op from its `_fused_ops` description."""
+    fused = what.split()[1:]
+    if "convolution" in fused:
+        return "convolutions"
+    if "dot" in fused:
+        return "matrix products"
+    if "transpose" in fused:
+        return "element-wise with a layout transpose"
+    if "reduce" in fused:
+        return "reductions"
+    return "other element-wise"
 
 
 def format_profile(result: dict) -> str:
@@ -95,4 +112,6 @@ def format_profile(result: dict) -> str:
              f"{'ms/step':>8s} {'share':>6s}  {'op':34s} output shape, fused operations"]
     for op in result["ops"]:
         lines.append(f"{op['ms']:8.2f} {100 * op['share']:5.1f}%  {op['name'][:34]:34s} {op['what'][:110]}")
+    lines.append("by kind: " + ", ".join(f"{kind} {ms:.1f} ms ({100 * ms / result['ops_ms']:.0f}%)"
+                                         for kind, ms in result["kinds_ms"].items()))
     return "\n".join(lines)
