@@ -1,5 +1,6 @@
 """The experiments' CNN: shapes, forward against a composition of the layers, hand-derived
-cnn_grads against jax.grad of cnn_loss in float64, state updates, and error inputs."""
+cnn_grads (and jax.grad of cnn_loss, whose conv1 has a custom_vjp) against autodiff of the
+plain composition in float64, state updates, and error inputs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from nnjax.backprop.cnn import cnn_grads, cnn_value_and_grads
 from nnjax.layers.conv import conv2d
+from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import max_pool2d
 from nnjax.network.cnn import cnn_apply, cnn_forward, cnn_init, cnn_loss
 
@@ -86,28 +88,45 @@ def test_eval_forward_is_the_composition_of_the_layers(small_net):
     jax.tree.map(np.testing.assert_array_equal, new_state, state)
 
 
-def test_grads_match_jax_grad_in_float64(x64, small_net):
+def _reference_loss(params, state, X, Y):
+    """cnn_loss composed from the plain layers (no custom_vjp inside, so jax.grad of it is
+    autodiff all the way), batch norm in training mode under vmap."""
+    def logits(x):
+        h, new_state = x, {}
+        for i in (1, 2):
+            z = conv2d(params[f"conv{i}"], h)
+            u, new_state[f"bn{i}"] = batch_norm(params[f"bn{i}"], state[f"bn{i}"], z, train=True)
+            h = max_pool2d(jnp.maximum(u, 0.0), 2)
+        hidden = jnp.maximum(params["dense1"]["W"] @ h.reshape(-1) + params["dense1"]["b"], 0.0)
+        return params["dense2"]["W"] @ hidden + params["dense2"]["b"], new_state
+
+    Z, new_state = jax.vmap(logits, axis_name="batch", out_axes=(0, None))(X)
+    return jnp.mean(-jnp.sum(Y * jax.nn.log_softmax(Z), axis=-1)), new_state
+
+
+def _assert_trees_close(actual, expected, **tolerances):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, err_msg=jax.tree_util.keystr(path), **tolerances)
+
+
+def test_grads_match_autodiff_in_float64(x64, small_net):
     params, state = _perturbed(5, *small_net)
     X, Y = _batch(6, 4)
     assert X.dtype == params["conv1"]["W"].dtype == jnp.float64
 
     @jax.jit
-    def both(params, state, X, Y):
-        return (jax.value_and_grad(cnn_loss, has_aux=True)(params, state, X, Y),
-                cnn_value_and_grads(params, state, X, Y))
+    def all_three(params, state, X, Y):
+        return (jax.value_and_grad(_reference_loss, has_aux=True)(params, state, X, Y),
+                cnn_value_and_grads(params, state, X, Y),
+                jax.value_and_grad(cnn_loss, has_aux=True)(params, state, X, Y))
 
-    ((ref_loss, ref_state), ref_grads), ((loss, new_state), grads) = both(params, state, X, Y)
-    assert jax.tree.structure(grads) == jax.tree.structure(params)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        ref = ref_grads
-        for key in path:
-            ref = ref[key.key]
-        np.testing.assert_allclose(g, ref, rtol=1e-8, atol=1e-11, err_msg=jax.tree_util.keystr(path))
-    for k in ("bn1", "bn2"):
-        for s in ("mean", "var"):
-            np.testing.assert_allclose(new_state[k][s], ref_state[k][s], rtol=1e-12)
-    assert float(jnp.abs(grads["conv1"]["W"]).max()) > 0
+    ((ref_loss, ref_state), ref_grads), *results = all_three(params, state, X, Y)
+    assert float(jnp.abs(ref_grads["conv1"]["W"]).max()) > 0
+    for (loss, new_state), grads in results:
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        _assert_trees_close(grads, ref_grads, rtol=1e-8, atol=1e-11)
+        _assert_trees_close(new_state, ref_state, rtol=1e-12)
 
 
 _jit_cnn_grads = jax.jit(cnn_grads)

@@ -34,8 +34,8 @@ from nnjax.layers.dense import dense_init
 from nnjax.layers.normalization import batch_norm_init
 from nnjax.losses import softmax_cross_entropy
 
+# cnn_forward and cnn_num_blocks are nnjax.backprop's, listed here with the network too.
 __all__ = ["cnn_init", "cnn_apply", "cnn_loss", "cnn_forward", "cnn_num_blocks"]
-"""`cnn_forward` and `cnn_num_blocks` are `nnjax.backprop`'s, listed here with the network."""
 
 
 def cnn_init(key, in_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10, kernel_size=3,

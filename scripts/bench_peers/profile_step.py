@@ -19,8 +19,6 @@ import jax
 
 from bench_peers import common, nnjax_rows
 
-SKIP_EVENTS = ("ThunkExecutor", "block_until_ready", "stop_trace", "$", "Execute", "PjitFunction", "Await")
-"""Trace events that are not XLA ops (runtime and Python frames)."""
 LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
              "transpose", "pad", "slice", "dynamic-slice", "gather", "scatter", "maximum",
              "compare", "exponential", "log", "rsqrt", "divide")
@@ -43,14 +41,15 @@ def _fused_ops(hlo: str, op_name: str) -> str:
 
 
 def op_times(trace_dir: str, steps: int) -> collections.Counter:
-    """Milliseconds per step of each XLA op in the Perfetto trace under `trace_dir`."""
+    """Milliseconds per step of each event in the Perfetto trace under `trace_dir` (XLA ops and
+    runtime events; `profile` keeps those that name an HLO instruction)."""
     path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
     with gzip.open(path) as handle:
         trace = json.load(handle)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     totals: collections.Counter = collections.Counter()
     for event in events:
-        if event.get("ph") == "X" and not any(s in event["name"] for s in SKIP_EVENTS):
+        if event.get("ph") == "X":
             totals[event["name"]] += event["dur"] / 1e3 / steps
     return totals
 
@@ -59,8 +58,9 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     """Per-op times of nnjax's `grads` train step of `model` at `batch_size` (synthetic data).
 
     Returns:
-      {"model", "batch_size", "grads", "step_ms" (wall, unprofiled), "ops_ms" (sum of op
-      times per step), "ops": [{"name", "ms", "share", "what"}] for the `top` slowest ops}.
+      {"model", "batch_size", "grads", "step_ms" (wall, unprofiled), "ops_ms" (sum of the XLA
+      ops' times per step), "ops": [{"name", "ms", "share", "what"}] for the `top` slowest
+      ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`)}.
     """
     images, labels = common.synthetic_mnist(batch_size * 4)
     data = common.cut_epoch(images, labels, batch_size, 4)
@@ -82,9 +82,9 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         run(steps)
         jax.profiler.stop_trace()
         totals = op_times(trace_dir, steps)
-    ops_ms = sum(totals.values())
-    ops = [{"name": name, "ms": ms, "share": ms / ops_ms, "what": _fused_ops(hlo, name)}
-           for name, ms in totals.most_common()]
+    described = [(name, ms, _fused_ops(hlo, name)) for name, ms in totals.most_common()]
+    ops_ms = sum(ms for _, ms, what in described if what)
+    ops = [{"name": name, "ms": ms, "share": ms / ops_ms, "what": what} for name, ms, what in described if what]
     kinds: collections.Counter = collections.Counter()
     for op in ops:
         kinds[op_kind(op["what"])] += op["ms"]
