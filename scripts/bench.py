@@ -76,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="instead of the table: per-XLA-op times of nnjax's train step (autodiff and "
                              "hand-derived) for each model and batch size, from a jax.profiler trace")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    parser.add_argument("--markdown", default=None, help="also write the tables as Markdown to this file")
     args = parser.parse_args(argv)
     args.models = _split_choices(parser, "--models", args.models, common.MODELS)
     args.frameworks = _split_choices(parser, "--frameworks", args.frameworks, FRAMEWORKS)
@@ -115,8 +116,9 @@ def load_data(kind: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     return images, labels, "synthetic random uint8 images and labels of MNIST's shape"
 
 
-def matmul_flop_rate(n: int, repeats: int = 10) -> float:
-    """FLOP/s of a jitted n x n @ n x n float32 product (2 n^3 FLOPs), best of `repeats`."""
+def matmul_flop_rate(n: int, repeats: int = 30) -> float:
+    """FLOP/s of a jitted n x n @ n x n float32 product (2 n^3 FLOPs), best of `repeats` (many,
+    so that a machine shared with other work still shows what it can do)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     product = jax.jit(jnp.matmul)
@@ -294,6 +296,22 @@ def format_table(model: str, batch_size: int, steps: int, rows: list[dict]) -> s
     return "\n".join(lines)
 
 
+def markdown_table(config: dict) -> str:
+    """One configuration's rows as a Markdown table (for docs/benchmarks.md)."""
+    lines = [f"**{config['model'].upper()}, batch {config['batch_size']}** "
+             f"({config['steps']} steps = {config['steps'] * config['batch_size']} examples per timed epoch)", "",
+             "| row | samples/s | ms/step | vs fastest | vs raw JAX scan | % of matmul FLOP rate | warm-up s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in config["rows"]:
+        if r["status"] != "measured":
+            lines.append(f"| {r['name']} | {r['status']} | | | | | |")
+            continue
+        scan = f"{r['vs_raw_jax_scan']:.2f}x" if r.get("vs_raw_jax_scan") else "-"
+        lines.append(f"| {r['name']} | {r['samples_per_s']:,.0f} | {r['step_ms']:.2f} | {r['vs_fastest']:.2f}x | "
+                     f"{scan} | {100 * r['flop_fraction']:.1f}% | {r['warmup_s']:.2f} |")
+    return "\n".join(lines)
+
+
 def format_summary(summaries: list[dict]) -> str:
     """The targets of issue 5, one line per configuration, each marked met or missed."""
     def mark(value, target, higher_is_better=True):
@@ -384,6 +402,8 @@ def main(argv=None) -> int:
     print(f"load average at start {meta['load_average_start'][0]:.2f}, at end {meta['load_average_end'][0]:.2f} "
           f"({meta['cores']} cores); wrote {args.out}")
     Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text("\n\n".join(markdown_table(c) for c in results["configs"]) + "\n")
     return 0
 
 

@@ -227,7 +227,7 @@ def test_errors_name_the_problem(fn):
         fn(params, x, stride=0)
     with pytest.raises(ValueError, match=r"kernel \(3, 3\) is larger than the padded input \(2, 9\)"):
         fn(params, jnp.ones((2, 2, 9)))
-    with pytest.raises(AssertionError, match=r"rank 4, expected rank 3"):
+    with pytest.raises(AssertionError, match=r"\(rank 4\), expected rank 3"):
         fn(params, jnp.ones((1,) + IN_SHAPE))
     with pytest.raises(AssertionError, match=r"W has shape \(3, 2, 3\).*expected rank 4"):
         fn({"W": jnp.ones((3, 2, 3)), "b": jnp.zeros(3)}, x)
