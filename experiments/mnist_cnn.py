@@ -19,7 +19,7 @@ from _common import build_parser, run
 from nnjax import training
 
 DEFAULTS = {
-    "epochs": 8, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "schedule": "cosine",
+    "epochs": 10, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "schedule": "cosine",
     "warmup_epochs": 0.5, "weight_decay": 0.01, "label_smoothing": 0.1, "eval_batch_size": 200,
 }
 

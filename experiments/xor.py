@@ -101,9 +101,12 @@ def plot_boundaries(perceptron_params, mlp_params, path: str) -> None:
     points = np.stack([gx.ravel(), gy.ravel()], axis=1)
     perceptron_class = np.asarray(jax.vmap(perceptron, in_axes=(None, 0))(perceptron_params, points)) > 0
     mlp_class = mlp_outputs(mlp_params, points) > 0.5
+    mlp_class_at_points = mlp_outputs(mlp_params, XOR_INPUTS) > 0.5
     fig = Figure(figsize=(8, 4), layout="constrained")
     for ax, regions, title in zip(fig.subplots(1, 2), (perceptron_class, mlp_class),
-                                  ("perceptron: a line cannot separate XOR", "2-4-1 MLP: solved")):
+                                  ("perceptron: a line cannot separate XOR",
+                                   f"2-{mlp_params[0]['W'].shape[0]}-1 MLP: "
+                                   f"{'solved' if np.array_equal(mlp_class_at_points, XOR_TARGETS > 0.5) else 'not solved'}")):
         ax.contourf(gx, gy, regions.reshape(gx.shape), levels=[-0.5, 0.5, 1.5],
                     colors=["#cfe0f3", "#f6d3c4"])
         for target, marker, color in ((0, "o", "#1f5fa8"), (1, "s", "#c2451e")):

@@ -63,15 +63,16 @@ def naive_conv(W, b, x, stride, pads):
 
 
 def make_case(kernel, dtype, seed=0):
-    kw_, kx, kb = jax.random.split(jax.random.PRNGKey(seed), 3)
-    kh, kwid = pair(kernel)
-    params = {"W": jax.random.normal(kw_, (C_OUT, IN_SHAPE[0], kh, kwid), dtype),
-              "b": jax.random.normal(kb, (C_OUT,), dtype)}
-    x = jax.random.normal(kx, IN_SHAPE, dtype)
-    return params, x
+    rng = np.random.default_rng(seed)
+    kh, kw = pair(kernel)
+    params = {"W": jnp.asarray(rng.normal(size=(C_OUT, IN_SHAPE[0], kh, kw)), dtype),
+              "b": jnp.asarray(rng.normal(size=(C_OUT,)), dtype)}
+    return params, jnp.asarray(rng.normal(size=IN_SHAPE), dtype)
 
 
-CASES = list(itertools.product(KERNELS, STRIDES, PADDINGS))
+# Every stride/padding combination with the 3x3 kernel; kernels 1 and 5 on a spread of them.
+CASES = ([(3, s, p) for s, p in itertools.product(STRIDES, PADDINGS)]
+         + [(k, s, p) for k in (1, 5) for s, p in [(1, "valid"), (2, "same"), ((1, 2), (2, 1)), (2, 1)]])
 
 
 @pytest.mark.parametrize("kernel,stride,padding", CASES + [((2, 3), (2, 1), "same")])
@@ -79,60 +80,63 @@ def test_forward_matches_naive_loop_and_im2col(kernel, stride, padding):
     params, x = make_case(kernel, jnp.float32)
     pads = reference_pads(IN_SHAPE[1:], pair(kernel), pair(stride), padding)
     expected = naive_conv(params["W"], params["b"], x, pair(stride), pads)
-    out = jax.jit(lambda p, x: (conv2d(p, x, stride, padding), conv2d_im2col(p, x, stride, padding)))(params, x)
-    np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out[1], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv2d(params, x, stride, padding), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv2d_im2col(params, x, stride, padding), expected, rtol=1e-5, atol=1e-5)
     assert conv_padding(IN_SHAPE[1:], pair(kernel), pair(stride), padding) == pads
 
 
-def directional_fd(f, args, direction, eps=1e-6):
-    """(f(args + eps d) - f(args - eps d)) / (2 eps) for pytrees args and d."""
-    plus = jax.tree.map(lambda a, d: a + eps * d, args, direction)
-    minus = jax.tree.map(lambda a, d: a - eps * d, args, direction)
-    return (f(*plus) - f(*minus)) / (2 * eps)
+def naive_loss_directional_derivatives(params, x, delta, stride, pads, directions, eps=1e-6):
+    """Central differences of L = sum(naive_conv(...) * delta) along each (dW, db, dx) direction."""
+    W, b, x, delta = (np.asarray(a) for a in (params["W"], params["b"], x, delta))
 
+    def loss(W, b, x):
+        return np.sum(naive_conv(W, b, x, stride, pads) * delta)
 
-def tree_dot(a, b):
-    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return np.array([(loss(W + eps * dW, b + eps * db, x + eps * dx) - loss(W - eps * dW, b - eps * db, x - eps * dx))
+                     / (2 * eps) for dW, db, dx in directions])
 
 
 @pytest.mark.parametrize("kernel,stride,padding", CASES)
 def test_backward_matches_vjp_and_finite_differences(x64, kernel, stride, padding):
     params, x = make_case(kernel, jnp.float64, seed=1)
-    z = conv2d(params, x, stride, padding)
-    delta = jax.random.normal(jax.random.PRNGKey(2), z.shape, jnp.float64)
+    rng = np.random.default_rng(2)
+    out_shape = conv2d(params, x, stride, padding).shape
+    delta = jnp.asarray(rng.normal(size=out_shape))
 
-    def loss(p, x):
-        return jnp.vdot(conv2d(p, x, stride, padding), delta)
+    def manual_and_autodiff(params, x, delta):
+        _, vjp = jax.vjp(lambda p, x: conv2d(p, x, stride, padding), params, x)
+        return conv2d_backward(params, x, delta, stride, padding), vjp(delta)
 
-    def run(p, x):
-        manual = conv2d_backward(p, x, delta, stride, padding)
-        _, vjp = jax.vjp(lambda p, x: conv2d(p, x, stride, padding), p, x)
-        keys = jax.random.split(jax.random.PRNGKey(3), 3)
-        directions = [(jax.tree.map(lambda a, k=k: jax.random.normal(k, a.shape, a.dtype), p),
-                       jax.random.normal(jax.random.fold_in(k, 1), x.shape, x.dtype)) for k in keys]
-        fd = jnp.stack([directional_fd(loss, (p, x), d) for d in directions])
-        predicted = jnp.stack([tree_dot(manual, d) for d in directions])
-        return manual, vjp(delta), fd, predicted
-
-    (grads, dx), (grads_ref, dx_ref), fd, predicted = jax.jit(run)(params, x)
+    (grads, dx), (grads_ref, dx_ref) = jax.jit(manual_and_autodiff)(params, x, delta)
     chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+
+    directions = [(rng.normal(size=params["W"].shape), rng.normal(size=C_OUT), rng.normal(size=IN_SHAPE))
+                  for _ in range(3)]
+    pads = reference_pads(IN_SHAPE[1:], pair(kernel), pair(stride), padding)
+    fd = naive_loss_directional_derivatives(params, x, delta, pair(stride), pads, directions)
+    predicted = [np.vdot(grads["W"], dW) + np.vdot(grads["b"], db) + np.vdot(dx, dxx) for dW, db, dxx in directions]
     np.testing.assert_allclose(predicted, fd, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("stride,padding", [(1, "valid"), ((2, 1), (1, 2)), (2, "same")])
 def test_batch_level_grads_sum_per_example_grads(stride, padding):
     params, _ = make_case(3, jnp.float32)
-    X = jax.random.normal(jax.random.PRNGKey(4), (5,) + IN_SHAPE)
-    Z = jax.vmap(lambda x: conv2d(params, x, stride, padding))(X)
-    delta = jax.random.normal(jax.random.PRNGKey(5), Z.shape)
+    rng = np.random.default_rng(4)
+    X = jnp.asarray(rng.normal(size=(5,) + IN_SHAPE), jnp.float32)
+    out_shape = conv2d(params, X[0], stride, padding).shape
+    delta = jnp.asarray(rng.normal(size=(5,) + out_shape), jnp.float32)
     pads = conv_padding(IN_SHAPE[1:], (3, 3), pair(stride), padding)
-    per_example, dX = jax.vmap(lambda x, d: conv2d_backward(params, x, d, stride, padding))(X, delta)
-    dW = conv2d_weight_grad(X, delta, (3, 3), pair(stride), pads)
+
+    def both(params, X, delta):
+        per_example = jax.vmap(lambda x, d: conv2d_backward(params, x, d, stride, padding))(X, delta)
+        batch = (conv2d_weight_grad(X, delta, (3, 3), pair(stride), pads),
+                 conv2d_input_grad(params["W"], delta, IN_SHAPE[1:], pair(stride), pads))
+        return per_example, batch
+
+    (per_example, dX), (dW, dX_batch) = jax.jit(both)(params, X, delta)
     np.testing.assert_allclose(dW, per_example["W"].sum(0), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(conv2d_input_grad(params["W"], delta, IN_SHAPE[1:], pair(stride), pads),
-                               dX, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dX_batch, dX, rtol=1e-5, atol=1e-5)
 
 
 def test_im2col_columns_are_receptive_fields():
@@ -201,7 +205,7 @@ def test_init_shapes_variance_and_zeros():
 
 def test_jit_and_vmap_agree_with_per_example_calls():
     params, _ = make_case(3, jnp.float32)
-    X = jax.random.normal(jax.random.PRNGKey(6), (4,) + IN_SHAPE)
+    X = jnp.asarray(np.random.default_rng(6).normal(size=(4,) + IN_SHAPE), jnp.float32)
     batched = jax.jit(jax.vmap(lambda p, x: conv2d(p, x, 2, "same"), (None, 0)))(params, X)
     for n in range(4):
         np.testing.assert_allclose(batched[n], conv2d(params, X[n], 2, "same"), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,129 @@
+"""Tests for nnjax.backprop.custom_vjp: same values as the plain layers, same gradients as
+jax.grad of the plain layers (under jax.vmap and jax.jit), and the hand-derived backward is the
+one that runs."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nnjax.backprop.custom_vjp import avg_pool2d_fast, conv2d_fast, max_pool2d_fast
+from nnjax.backprop.pooling import max_pool2d_backward
+from nnjax.layers.conv import conv2d, conv2d_init
+from nnjax.layers.pooling import avg_pool2d, max_pool2d
+
+
+def random(shape, seed, dtype=np.float32):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, "valid"), (2, "same"), ((1, 2), (2, 1))])
+def test_conv2d_fast_values_and_batched_gradients_match_plain(x64, stride, padding):
+    params = {"W": random((4, 3, 3, 3), 0, np.float64), "b": random((4,), 1, np.float64)}
+    X = random((5, 3, 7, 9), 2, np.float64)
+    weights = random(jax.vmap(lambda x: conv2d(params, x, stride, padding))(X).shape, 3, np.float64)
+
+    def loss(layer, params, X):
+        Z = jax.vmap(lambda x: layer(params, x, stride, padding))(X)
+        return jnp.sum(jnp.tanh(Z) * weights)
+
+    def both(params, X):
+        return [(jax.vmap(lambda x: layer(params, x, stride, padding))(X),
+                 jax.grad(loss, argnums=(1, 2))(layer, params, X)) for layer in (conv2d_fast, conv2d)]
+
+    (out, grads), (out_ref, grads_ref) = jax.jit(both)(params, X)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=1e-12)
+    for leaf, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(leaf, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("window,stride", [(2, None), (3, 1), ((2, 3), (1, 2))])
+def test_pool_fast_values_and_batched_gradients_match_plain(x64, window, stride):
+    X = random((4, 2, 7, 9), 4, np.float64)
+    weights = random(jax.vmap(lambda x: max_pool2d(x, window, stride))(X).shape, 5, np.float64)
+
+    def loss(layer, X):
+        return jnp.sum(jnp.sin(jax.vmap(lambda x: layer(x, window, stride))(X)) * weights)
+
+    def all_pairs(X):
+        return [(jax.vmap(lambda x: layer(x, window, stride))(X), jax.grad(loss, argnums=1)(layer, X))
+                for layer in (max_pool2d_fast, max_pool2d, avg_pool2d_fast, avg_pool2d)]
+
+    results = jax.jit(all_pairs)(X)
+    for (out, grad), (out_ref, grad_ref) in [results[:2], results[2:]]:
+        np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grad, grad_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_max_pool2d_fast_gradient_is_the_hand_derived_tie_rule():
+    # Ties: autodiff of max_pool2d splits a tied window's delta; the custom VJP sends it all to
+    # the first maximum, as max_pool2d_backward does. Equal sums, different routing.
+    x = jnp.zeros((1, 2, 2))
+    grad_fast = jax.grad(lambda x: jnp.sum(max_pool2d_fast(x)))(x)
+    grad_plain = jax.grad(lambda x: jnp.sum(max_pool2d(x)))(x)
+    np.testing.assert_array_equal(grad_fast, max_pool2d_backward(x, jnp.ones((1, 1, 1))))
+    np.testing.assert_array_equal(grad_fast, [[[1., 0.], [0., 0.]]])
+    assert jnp.sum(grad_plain) == jnp.sum(grad_fast) == 1
+    assert not np.array_equal(grad_plain, grad_fast)
+
+
+@pytest.mark.parametrize("fast,plain,args", [
+    (conv2d_fast, conv2d, ({"W": jnp.ones((3, 2, 3, 3)), "b": jnp.zeros(3)}, jnp.ones((2, 5, 5)))),
+    (max_pool2d_fast, max_pool2d, (jnp.ones((2, 4, 4)),)),
+    (avg_pool2d_fast, avg_pool2d, (jnp.ones((2, 4, 4)),)),
+])
+def test_fast_layers_are_custom_vjp_calls(fast, plain, args):
+    assert "custom_vjp_call" in str(jax.make_jaxpr(fast)(*args))
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(plain)(*args))
+
+
+def test_per_example_gradients_and_unbatched_calls():
+    params = {"W": random((3, 1, 3, 3), 6), "b": random((3,), 7)}
+    X = random((3, 1, 6, 6), 8)
+
+    def per_example_loss(layer, pool, params, x):
+        return jnp.sum(pool(jax.nn.relu(layer(params, x))) ** 2)
+
+    fast = jax.jit(jax.vmap(jax.grad(lambda p, x: per_example_loss(conv2d_fast, max_pool2d_fast, p, x)),
+                            in_axes=(None, 0)))(params, X)
+    plain = jax.vmap(jax.grad(lambda p, x: per_example_loss(conv2d, max_pool2d, p, x)), in_axes=(None, 0))(params, X)
+    for leaf, ref in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+        assert leaf.shape[0] == 3
+        np.testing.assert_allclose(leaf, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_small_cnn_loss_gradients_match_plain_layers():
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    params = [conv2d_init(keys[0], 1, 4, 3), conv2d_init(keys[1], 4, 6, 3),
+              {"W": 0.1 * jax.random.normal(keys[2], (10, 6)), "b": jnp.zeros(10)}]
+    X = random((8, 1, 14, 14), 9)
+    Y = jax.nn.one_hot(jnp.arange(8) % 10, 10)
+
+    def loss(conv, pool, params, X):
+        def logits(x):
+            h = pool(jax.nn.relu(conv(params[0], x)))  # (4, 6, 6)
+            h = pool(jax.nn.relu(conv(params[1], h, 2, "same")), 3, 1).reshape(-1)  # (6, 1, 1)
+            return params[2]["W"] @ h + params[2]["b"]
+        return -jnp.mean(jnp.sum(jax.nn.log_softmax(jax.vmap(logits)(X)) * Y, axis=-1))
+
+    grad = jax.jit(jax.grad(loss, argnums=2), static_argnums=(0, 1))
+    fast = grad(conv2d_fast, max_pool2d_fast, params, X)
+    plain = grad(conv2d, max_pool2d, params, X)
+    for leaf, ref in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(leaf, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_errors_name_the_fast_function():
+    params = {"W": jnp.ones((3, 2, 3, 3)), "b": jnp.zeros(3)}
+    with pytest.raises(AssertionError, match=r"conv2d_fast: x has shape \(4, 7, 7\).*C_in = 2"):
+        conv2d_fast(params, jnp.ones((4, 7, 7)))
+    with pytest.raises(ValueError, match=r"conv2d_fast: padding='full' is not allowed"):
+        conv2d_fast(params, jnp.ones((2, 7, 7)), padding="full")
+    with pytest.raises(ValueError, match=r"max_pool2d_fast: window \(9, 9\) is larger"):
+        max_pool2d_fast(jnp.ones((2, 7, 7)), 9)
+    with pytest.raises(ValueError, match="avg_pool2d_fast: stride must be >= 1"):
+        avg_pool2d_fast(jnp.ones((2, 7, 7)), 2, 0)
+
+
+def test_forward_mode_is_not_defined():
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: max_pool2d_fast(x), (jnp.ones((1, 4, 4)),), (jnp.ones((1, 4, 4)),))
