@@ -90,7 +90,7 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads):
     """
     kernel_hw = W.shape[2:]
     unused = _unused_rows(in_hw, kernel_hw, stride, pads, delta.shape[2:])
-    padding = [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
+    padding = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
     return lax.conv_general_dilated(
         delta, W[:, :, ::-1, ::-1], window_strides=(1, 1), padding=padding, lhs_dilation=stride,
         dimension_numbers=("NCHW", "IOHW", "NCHW"))

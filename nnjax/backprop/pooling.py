@@ -59,7 +59,7 @@ def _first_argmax(views):
     """Index t of the first view holding the maximum, per position (strict > keeps the first)."""
     best, index = views[0], jnp.zeros(views[0].shape, jnp.int32)
     for t, view in enumerate(views[1:], 1):
-        better = view >= best
+        better = view > best
         best = jnp.where(better, view, best)
         index = jnp.where(better, t, index)
     return index
