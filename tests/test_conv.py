@@ -119,7 +119,7 @@ def test_backward_matches_vjp_and_finite_differences(x64, kernel, stride, paddin
     np.testing.assert_allclose(predicted, fd, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("stride,padding", [(1, "valid"), ((2, 1), (1, 2)), (2, "same")])
+@pytest.mark.parametrize("stride,padding", [(2, "valid"), ((1, 2), (2, 1)), (2, "same")])
 def test_batch_level_grads_sum_per_example_grads(stride, padding):
     params, _ = make_case(3, jnp.float32)
     rng = np.random.default_rng(4)

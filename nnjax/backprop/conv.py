@@ -23,9 +23,11 @@ Two forms of the same formulas:
 - Per example, `conv2d_backward` (the layer contract). The patch P_{c, i*s+m, j*s+n} is entry
   ((c, m, n), (i, j)) of `im2col(x)`, so the dW correlation is one matrix product,
   dW_mat = delta_mat @ im2col(x)^T with delta_mat of shape (C_out, H'*W'). Under `jax.vmap`
-  that becomes one batched matrix product, which XLA runs faster on CPU than the grouped
-  convolution that vmapping the `lax` correlation gives (measured: 3.8 vs 7.4 ms for
-  conv 1->32 on 28x28, 60 vs 72 ms for 32->64 on 13x13, batch 128, forward + gradient).
+  that becomes one batched matrix product then a sum over the batch, which XLA runs as fast
+  as the batch-level convolution or faster, where vmapping the `lax` correlation would give a
+  grouped convolution. Measured on a 2-core CPU at batch 128 (CPU time, dW and db, plus dx
+  for the second layer): conv 1->32 on 28x28, 4.6 ms per example under vmap against 13.8 ms
+  batch-level; conv 32->64 on 13x13, 40 against 40 ms.
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads):
     """
     kernel_hw = W.shape[2:]
     unused = _unused_rows(in_hw, kernel_hw, stride, pads, delta.shape[2:])
-    padding = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
+    padding = [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
     return lax.conv_general_dilated(
         delta, W[:, :, ::-1, ::-1], window_strides=(1, 1), padding=padding, lhs_dilation=stride,
         dimension_numbers=("NCHW", "IOHW", "NCHW"))

@@ -10,8 +10,12 @@ summed, so overlapping windows (stride < window) add up correctly.
 
 The arrays are handled channels-last, (H, W, C), inside: the window slicing then strides over
 the outer axes and every elementwise step runs along the contiguous channel axis, which XLA
-vectorizes (measured on CPU, batch 128, 32x26x26 maps: about 4 ms against about 30 ms for the
-same code on (C, H, W)). The result is transposed back to (C, H, W).
+vectorizes. On channels-last data (what XLA's CPU convolutions produce inside a network) the
+max-pool backward of a batch of 128 32x26x26 maps took 1.5 ms against 39 ms for the same code
+written on (C, H, W); the transposes to and from (C, H, W) cost nothing when XLA can choose
+the memory layout, and a real copy when it cannot. Through `max_pool2d_fast` this backward
+took a CNN train step from 151 to 117 ms of CPU time (batch 128, see
+`nnjax.backprop.custom_vjp`).
 """
 from __future__ import annotations
 
