@@ -15,11 +15,13 @@ dense 128->10, layers vmapped over the batch):
     max_pool2d_fast                                     117 ms
     max_pool2d_fast, conv2d_fast for the first conv     114 ms
     max_pool2d_fast, conv2d_fast for both convs         134 ms
+    the same CNN with average pooling: avg_pool2d      138 ms, avg_pool2d_fast 109 ms
 
-So: `max_pool2d_fast` everywhere; `conv2d_fast` for layers with few input channels. A custom
-backward runs per example under `jax.vmap`, so its weight gradient is a batched matrix product
-then a sum over the batch, while autodiff of the vmapped forward contracts the batch inside
-one convolution; for wide layers at small batches the latter wins.
+At batch 1024 (first four rows): 2049, 1770, 1490 and 1417 ms. So: the pooling `_fast`
+versions everywhere; `conv2d_fast` for layers with few input channels, and for all layers at
+large batches. A custom backward runs per example under `jax.vmap`, so its weight gradient is
+a batched matrix product then a sum over the batch, while autodiff of the vmapped forward
+contracts the batch inside one convolution; for wide layers at small batches the latter wins.
 
 Only reverse mode is defined: `jax.jvp`/`jax.jacfwd` through these functions raise TypeError.
 """
