@@ -9,4 +9,5 @@ from nnjax.backprop.mlp import *  # noqa: F401,F403
 from nnjax.backprop.conv import *  # noqa: F401,F403
 from nnjax.backprop.pooling import *  # noqa: F401,F403
 from nnjax.backprop.normalization import *  # noqa: F401,F403
+from nnjax.backprop.custom_vjp import *  # noqa: F401,F403
 from nnjax.backprop.cnn import *  # noqa: F401,F403
