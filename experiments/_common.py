@@ -8,47 +8,40 @@ import sys
 from nnjax import training
 from nnjax.data import DataError
 
-__all__ = ["build_parser", "config_from_args", "run"]
+__all__ = ["build_parser", "config_from_args", "run", "positive_int", "non_negative_int", "positive_float",
+           "non_negative_float", "positive_ints"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(convert, what: str, accept):
+    """An argparse `type` that converts with `convert` and refuses values `accept` rejects."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+positive_int = _number(int, "a positive integer", lambda v: v >= 1)
+non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a number > 0", lambda v: v > 0)
+non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+def positive_ints(what: str, example: str):
+    """An argparse `type` for comma-separated positive integers, e.g. widths ``128,64``."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} like {example}, got {text!r}") from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"expected one or more positive {what} like {example}, got {text!r}")
+        return values
+    return parse
 
 
 def build_parser(name: str, description: str, defaults: dict) -> argparse.ArgumentParser:
@@ -64,13 +57,13 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
         prog=f"experiments/{name}.py", description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run = parser.add_argument_group("run")
-    run.add_argument("--epochs", type=_positive_int, default=defaults["epochs"],
+    run.add_argument("--epochs", type=positive_int, default=defaults["epochs"],
                      help="passes over the training set")
-    run.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"],
+    run.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"],
                      help="examples per optimizer step")
-    run.add_argument("--lr", type=_positive_float, default=defaults["lr"],
+    run.add_argument("--lr", type=positive_float, default=defaults["lr"],
                      help="peak learning rate")
-    run.add_argument("--seed", type=_non_negative_int, default=0,
+    run.add_argument("--seed", type=non_negative_int, default=0,
                      help="seed of initialization and shuffling; same seed and device, same numbers")
     run.add_argument("--out", default=os.path.join("runs", name),
                      help="folder for checkpoint.npz, metrics.jsonl, results.json, curves.png")
@@ -89,24 +82,24 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
                      help="optax optimizer (sgd uses Nesterov momentum 0.9)")
     opt.add_argument("--schedule", choices=training.SCHEDULES, default=defaults["schedule"],
                      help="learning-rate schedule: warm-up then cosine decay, one-cycle, constant")
-    opt.add_argument("--warmup-epochs", type=_non_negative_float, default=defaults["warmup_epochs"],
+    opt.add_argument("--warmup-epochs", type=non_negative_float, default=defaults["warmup_epochs"],
                      help="linear warm-up of the cosine schedule, in epochs")
-    opt.add_argument("--weight-decay", type=_non_negative_float, default=defaults["weight_decay"],
+    opt.add_argument("--weight-decay", type=non_negative_float, default=defaults["weight_decay"],
                      help="decoupled weight decay (adamw only)")
-    opt.add_argument("--label-smoothing", type=_non_negative_float,
+    opt.add_argument("--label-smoothing", type=non_negative_float,
                      default=defaults["label_smoothing"],
                      help="train on targets (1 - s) one_hot + s / 10")
     data = parser.add_argument_group("data")
-    data.add_argument("--limit-train", type=_positive_int, default=None,
+    data.add_argument("--limit-train", type=positive_int, default=None,
                       help="train on the first N training images only (smoke tests)")
-    data.add_argument("--val", type=_non_negative_int, default=0,
+    data.add_argument("--val", type=non_negative_int, default=0,
                       help="hold out the last N training images as a validation set scored each "
                            "epoch (the test set is then scored once, at the end)")
-    data.add_argument("--eval-batch-size", type=_positive_int, default=defaults.get("eval_batch_size", 1000),
+    data.add_argument("--eval-batch-size", type=positive_int, default=defaults.get("eval_batch_size", 1000),
                       help="examples per evaluation call")
     output = parser.add_argument_group("output")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
-    output.add_argument("--stop-after-epoch", type=_positive_int, default=None,
+    output.add_argument("--stop-after-epoch", type=positive_int, default=None,
                         help="stop after this epoch's checkpoint, as if killed; --resume continues")
     return parser
 

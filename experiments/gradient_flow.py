@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import positive_int
 from nnjax.activations import get_activation
 from nnjax.backprop import mlp_grads
 from nnjax.losses import softmax_cross_entropy
@@ -35,13 +36,6 @@ INITS = ("N(0,1)", "N(0,0.01^2)", "Xavier/He")
 SCALED_INIT = {"sigmoid": "xavier", "tanh": "xavier", "relu": "he"}
 NAIVE_STD = {"N(0,1)": 1.0, "N(0,0.01^2)": 0.01}
 CLASSES = 10
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def init_params(key, sizes: list[int], activation: str, init: str):
@@ -145,10 +139,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="experiments/gradient_flow.py",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--min-depth", type=_positive_int, default=2, help="shallowest MLP (weight layers)")
-    parser.add_argument("--max-depth", type=_positive_int, default=20, help="deepest MLP (weight layers)")
-    parser.add_argument("--width", type=_positive_int, default=128, help="inputs and units per hidden layer")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, help="random examples per batch")
+    parser.add_argument("--min-depth", type=positive_int, default=2, help="shallowest MLP (weight layers)")
+    parser.add_argument("--max-depth", type=positive_int, default=20, help="deepest MLP (weight layers)")
+    parser.add_argument("--width", type=positive_int, default=128, help="inputs and units per hidden layer")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="random examples per batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and labels")
     parser.add_argument("--grads", choices=("autodiff", "manual"), default="autodiff",
                         help="gradients from jax.grad or from nnjax.backprop.mlp_grads")

@@ -12,9 +12,7 @@ AdamW with a short linear warm-up and a cosine decay to zero, label smoothing 0.
 """
 from __future__ import annotations
 
-import argparse
-
-from _common import build_parser, run
+from _common import build_parser, positive_ints, run
 
 from nnjax import training
 
@@ -24,20 +22,10 @@ DEFAULTS = {
 }
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        channels = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated channel counts like 32,64, got {text!r}") from None
-    if not channels or min(channels) < 1:
-        raise argparse.ArgumentTypeError(f"expected one or more positive channel counts like 32,64, got {text!r}")
-    return channels
-
-
 def main(argv=None) -> dict:
     parser = build_parser("mnist_cnn", __doc__.split("\n\n")[0], DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--channels", type=_channels, default=(32, 64),
+    network.add_argument("--channels", type=positive_ints("channel counts", "32,64"), default=(32, 64),
                          help="output channels of each conv block, comma-separated")
     network.add_argument("--hidden", type=int, default=128, help="units of the hidden dense layer")
     args = parser.parse_args(argv)

@@ -10,9 +10,7 @@ decay of the learning rate to zero, label smoothing 0.05, on standardized pixels
 """
 from __future__ import annotations
 
-import argparse
-
-from _common import build_parser, run
+from _common import build_parser, positive_ints, run
 
 from nnjax import training
 from nnjax.activations import ELEMENTWISE
@@ -24,20 +22,10 @@ DEFAULTS = {
 }
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        hidden = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths like 128,64, got {text!r}") from None
-    if not hidden or min(hidden) < 1:
-        raise argparse.ArgumentTypeError(f"expected one or more positive widths like 128,64, got {text!r}")
-    return hidden
-
-
 def main(argv=None) -> dict:
     parser = build_parser("mnist_mlp", __doc__.split("\n\n")[0], DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--hidden", type=_sizes, default=(128, 64),
+    network.add_argument("--hidden", type=positive_ints("widths", "128,64"), default=(128, 64),
                          help="hidden-layer widths, comma-separated (the chapter: 128,64)")
     network.add_argument("--activation", choices=list(ELEMENTWISE), default="relu",
                          help="hidden-layer activation")

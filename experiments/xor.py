@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from _common import positive_float, positive_int
 from nnjax.activations import get_activation
 from nnjax.backprop import mlp_grads_mse
 from nnjax.layers import perceptron, perceptron_fit
@@ -30,20 +31,6 @@ from nnjax.network import mlp_init, mlp_logits
 
 XOR_INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
 XOR_TARGETS = np.array([0, 1, 1, 0], np.float32)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def fit_perceptron(epochs: int):
@@ -121,11 +108,11 @@ def plot_boundaries(perceptron_params, mlp_params, path: str) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="experiments/xor.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=_positive_int, default=100,
+    parser.add_argument("--epochs", type=positive_int, default=100,
                         help="perceptron epochs (passes over the four points)")
-    parser.add_argument("--steps", type=_positive_int, default=300, help="MLP gradient steps")
-    parser.add_argument("--lr", type=_positive_float, default=0.05, help="MLP learning rate (Adam)")
-    parser.add_argument("--hidden", type=_positive_int, default=4, help="MLP hidden units")
+    parser.add_argument("--steps", type=positive_int, default=300, help="MLP gradient steps")
+    parser.add_argument("--lr", type=positive_float, default=0.05, help="MLP learning rate (Adam)")
+    parser.add_argument("--hidden", type=positive_int, default=4, help="MLP hidden units")
     parser.add_argument("--seed", type=int, default=0, help="seed of the MLP's initialization")
     parser.add_argument("--grads", choices=("autodiff", "manual"), default="autodiff",
                         help="MLP gradients from jax.grad or from nnjax.backprop.mlp_grads_mse")
