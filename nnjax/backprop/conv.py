@@ -37,6 +37,7 @@ from jax import lax
 
 from nnjax._checks import check_shape
 from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col
+from nnjax.layers.layout import image_shape, spatial_axes, to_channels_first
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
 
@@ -47,7 +48,11 @@ def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
                  for n, k, s, (lo, hi), o in zip(in_hw, kernel_hw, stride, pads, out_hw))
 
 
-def conv2d_weight_grad(X, delta, kernel_hw, stride, pads):
+_BATCH_LAYOUTS = {"CHW": "NCHW", "HWC": "NHWC"}
+"""The batch layout of `conv2d_weight_grad` / `conv2d_input_grad` for each image layout."""
+
+
+def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW"):
     """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)), ONE convolution.
 
     dW_{o,c,m,n} = sum_{examples} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}: a convolution
@@ -57,23 +62,26 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads):
     gradients are never materialized.
 
     Args:
-      X: (N, C_in, H, W) layer inputs.
-      delta: (N, C_out, H', W') upstream gradients dL/dz.
+      X: (N, C_in, H, W) layer inputs ((N, H, W, C_in) with layout="HWC").
+      delta: (N, C_out, H', W') upstream gradients dL/dz ((N, H', W', C_out) with "HWC").
       kernel_hw: (kh, kw).
       stride: (sh, sw).
       pads: ((top, bottom), (left, right)), as `nnjax.layers.conv_padding` resolves them.
+      layout: "CHW" or "HWC", the layout of each example.
 
     Returns:
       dW: (C_out, C_in, kh, kw).
     """
-    unused = _unused_rows(X.shape[2:], kernel_hw, stride, pads, delta.shape[2:])
+    spatial = (2, 3) if layout == "CHW" else (1, 2)
+    in_hw, out_hw = [X.shape[a] for a in spatial], [delta.shape[a] for a in spatial]
+    unused = _unused_rows(in_hw, kernel_hw, stride, pads, out_hw)
     padding = [(lo, hi - u) for (lo, hi), u in zip(pads, unused)]
-    return lax.conv_general_dilated(
-        X, delta, window_strides=(1, 1), padding=padding, rhs_dilation=stride,
-        dimension_numbers=("CNHW", "IOHW", "CNHW"))
+    numbers = ("CNHW", "IOHW", "CNHW") if layout == "CHW" else ("CHWN", "IHWO", "CNHW")
+    return lax.conv_general_dilated(X, delta, window_strides=(1, 1), padding=padding,
+                                    rhs_dilation=stride, dimension_numbers=numbers)
 
 
-def conv2d_input_grad(W, delta, in_hw, stride, pads):
+def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):
     """dL/dx for a batch: the full convolution of the dilated delta with the flipped kernel.
 
     dx = crop(full_conv(dilate_s(delta), flip(W))): delta dilated by the stride
@@ -83,23 +91,26 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads):
 
     Args:
       W: (C_out, C_in, kh, kw).
-      delta: (N, C_out, H', W').
+      delta: (N, C_out, H', W') ((N, H', W', C_out) with layout="HWC").
       in_hw: (H, W) of the layer input.
       stride: (sh, sw).
       pads: ((top, bottom), (left, right)).
+      layout: "CHW" or "HWC", the layout of each example.
 
     Returns:
-      dx: (N, C_in, H, W).
+      dx: (N, C_in, H, W) ((N, H, W, C_in) with layout="HWC").
     """
     kernel_hw = W.shape[2:]
-    unused = _unused_rows(in_hw, kernel_hw, stride, pads, delta.shape[2:])
+    out_hw = delta.shape[2:] if layout == "CHW" else delta.shape[1:3]
+    unused = _unused_rows(in_hw, kernel_hw, stride, pads, out_hw)
     padding = [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
+    batch = _BATCH_LAYOUTS[layout]
     return lax.conv_general_dilated(
         delta, W[:, :, ::-1, ::-1], window_strides=(1, 1), padding=padding, lhs_dilation=stride,
-        dimension_numbers=("NCHW", "IOHW", "NCHW"))
+        dimension_numbers=(batch, "IOHW", batch))
 
 
-def conv2d_backward(params, x, delta, stride=1, padding="valid"):
+def conv2d_backward(params, x, delta, stride=1, padding="valid", layout="CHW"):
     """Gradients of one example's conv layer from delta = dL/dz.
 
     dL/db_o = sum_{i,j} delta_{o,i,j};
@@ -108,20 +119,24 @@ def conv2d_backward(params, x, delta, stride=1, padding="valid"):
 
     Args:
       params: {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
-      x: (C_in, H, W), the layer input of the forward pass.
-      delta: (C_out, H', W'), dL/dz for the layer output z = conv2d(params, x, stride, padding).
-      stride, padding: as `conv2d`.
+      x: (C_in, H, W), the layer input of the forward pass ((H, W, C_in) with layout="HWC").
+      delta: (C_out, H', W'), dL/dz for the layer output z = conv2d(params, x, stride, padding)
+        ((H', W', C_out) with layout="HWC").
+      stride, padding, layout: as `conv2d`.
 
     Returns:
-      ({"W": (C_out, C_in, kh, kw), "b": (C_out,)}, dx: (C_in, H, W)).
+      ({"W": (C_out, C_in, kh, kw), "b": (C_out,)}, dx of x's shape).
     """
     fn = "conv2d_backward"
-    W, _, x, stride, pads = check_conv_args(fn, params, x, stride, padding)
+    W, _, x, stride, pads = check_conv_args(fn, params, x, stride, padding, layout)
     c_out = W.shape[0]
-    out_hw = conv_output_shape(x.shape[1:], W.shape[2:], stride, pads)
-    check_shape(fn, "delta", delta, (c_out, *out_hw),
-                f" = (C_out, H', W'), the output of conv2d for x {x.shape} and W {W.shape}")
+    in_hw = tuple(x.shape[a] for a in spatial_axes(layout))
+    out_hw = conv_output_shape(in_hw, W.shape[2:], stride, pads)
+    check_shape(fn, "delta", delta, image_shape(c_out, *out_hw, layout),
+                f" = ({', '.join(layout)}), the output of conv2d for x {x.shape} and W {W.shape}")
     delta = jnp.asarray(delta, x.dtype)
-    dW = delta.reshape(c_out, -1) @ im2col(x, W.shape[2:], stride, pads).T
-    dx = conv2d_input_grad(W, delta[None], x.shape[1:], stride, pads)[0]
-    return {"W": dW.reshape(W.shape), "b": jnp.sum(delta, axis=(1, 2))}, dx
+    delta_first = to_channels_first(delta, layout)
+    patches = im2col(to_channels_first(x, layout), W.shape[2:], stride, pads)
+    dW = delta_first.reshape(c_out, -1) @ patches.T
+    dx = conv2d_input_grad(W, delta[None], in_hw, stride, pads, layout)[0]
+    return {"W": dW.reshape(W.shape), "b": jnp.sum(delta_first, axis=(1, 2))}, dx

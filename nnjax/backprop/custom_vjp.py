@@ -39,24 +39,24 @@ from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d
 __all__ = ["conv2d_fast", "max_pool2d_fast", "avg_pool2d_fast"]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _conv2d(stride, pads, params, x):
-    return conv2d(params, x, stride, pads)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _conv2d(stride, pads, layout, params, x):
+    return conv2d(params, x, stride, pads, layout)
 
 
-def _conv2d_forward(stride, pads, params, x):
-    return conv2d(params, x, stride, pads), (params, x)
+def _conv2d_forward(stride, pads, layout, params, x):
+    return conv2d(params, x, stride, pads, layout), (params, x)
 
 
-def _conv2d_backward(stride, pads, residuals, delta):
+def _conv2d_backward(stride, pads, layout, residuals, delta):
     params, x = residuals
-    return conv2d_backward(params, x, delta, stride, pads)
+    return conv2d_backward(params, x, delta, stride, pads, layout)
 
 
 _conv2d.defvjp(_conv2d_forward, _conv2d_backward)
 
 
-def conv2d_fast(params, x, stride=1, padding="valid"):
+def conv2d_fast(params, x, stride=1, padding="valid", layout="CHW"):
     """`nnjax.layers.conv2d` whose gradient is `conv2d_backward` (hand-derived).
 
     Same arguments, checks and result as `conv2d`; the difference is only under `jax.grad`.
@@ -66,22 +66,23 @@ def conv2d_fast(params, x, stride=1, padding="valid"):
     28x28, 10.7 vs 13.6 ms for 8->32 on 16x16, 17.0 vs 20.1 ms for 16->32 on 16x16, 41 vs
     38 ms for 32->64 on 13x13.
     """
-    W, b, x, stride, pads = check_conv_args("conv2d_fast", params, x, stride, padding)
-    return _conv2d(stride, pads, {"W": W, "b": b}, x)
+    W, b, x, stride, pads = check_conv_args("conv2d_fast", params, x, stride, padding, layout)
+    return _conv2d(stride, pads, layout, {"W": W, "b": b}, x)
 
 
 def _pool_vjp(forward, backward):
-    """A pooling layer `forward(x, window, stride)` with `backward(x, delta, window, stride)` as its VJP."""
+    """A pooling layer `forward(x, window, stride, layout)` with
+    `backward(x, delta, window, stride, layout)` as its VJP."""
 
-    @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-    def pool(window, stride, x):
-        return forward(x, window, stride)
+    @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+    def pool(window, stride, layout, x):
+        return forward(x, window, stride, layout)
 
-    def pool_forward(window, stride, x):
-        return forward(x, window, stride), x
+    def pool_forward(window, stride, layout, x):
+        return forward(x, window, stride, layout), x
 
-    def pool_backward(window, stride, x, delta):
-        return (backward(x, delta, window, stride),)
+    def pool_backward(window, stride, layout, x, delta):
+        return (backward(x, delta, window, stride, layout),)
 
     pool.defvjp(pool_forward, pool_backward)
     return pool
@@ -91,17 +92,17 @@ _max_pool2d = _pool_vjp(max_pool2d, max_pool2d_backward)
 _avg_pool2d = _pool_vjp(avg_pool2d, avg_pool2d_backward)
 
 
-def max_pool2d_fast(x, window=2, stride=None):
+def max_pool2d_fast(x, window=2, stride=None, layout="CHW"):
     """`nnjax.layers.max_pool2d` whose gradient is `max_pool2d_backward` (hand-derived).
 
     Same arguments, checks and result; under `jax.grad` each window's delta goes to its first
     maximum (autodiff of `max_pool2d` splits ties instead; both sum to delta).
     """
-    x, window, stride = check_pool_args("max_pool2d_fast", x, window, stride)
-    return _max_pool2d(window, stride, x)
+    x, window, stride = check_pool_args("max_pool2d_fast", x, window, stride, layout)
+    return _max_pool2d(window, stride, layout, x)
 
 
-def avg_pool2d_fast(x, window=2, stride=None):
+def avg_pool2d_fast(x, window=2, stride=None, layout="CHW"):
     """`nnjax.layers.avg_pool2d` whose gradient is `avg_pool2d_backward` (hand-derived)."""
-    x, window, stride = check_pool_args("avg_pool2d_fast", x, window, stride)
-    return _avg_pool2d(window, stride, x)
+    x, window, stride = check_pool_args("avg_pool2d_fast", x, window, stride, layout)
+    return _avg_pool2d(window, stride, layout, x)

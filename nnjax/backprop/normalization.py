@@ -26,7 +26,7 @@ import jax
 from nnjax._checks import check_float_array, check_same_shape
 from nnjax.layers.normalization import (
     _batch_count, _check_batch_norm_input, _check_eps, _check_groups, _check_image, _check_params,
-    _mean, _per_channel, _standardize,
+    _feature_axes, _mean, _per_channel, _standardize,
 )
 
 __all__ = ["batch_norm_backward", "layer_norm_backward", "instance_norm_backward",
@@ -47,7 +47,7 @@ def _standardize_backward(x, dx_hat, axes, axis_name, eps):
     return centered * jax.lax.rsqrt(var + eps), x_hat
 
 
-def batch_norm_backward(params, x, delta, *, axis_name="batch", eps=1e-5):
+def batch_norm_backward(params, x, delta, *, axis_name="batch", eps=1e-5, layout="CHW"):
     """Backward of `batch_norm(..., train=True)` for one example, through the batch statistics.
 
     Run it under `jax.vmap(..., axis_name=axis_name)` like the forward. With g = gamma delta and
@@ -62,21 +62,22 @@ def batch_norm_backward(params, x, delta, *, axis_name="batch", eps=1e-5):
 
     Args:
       params: {"gamma": (F,), "beta": (F,)}.
-      x: the example fed to the forward, (F,) or (C, H, W).
+      x: the example fed to the forward, (F,) or (C, H, W) ((H, W, C) with layout="HWC").
       delta: dL/dy, x's shape.
       axis_name: the batch axis name, as in the forward.
       eps: epsilon > 0, as in the forward.
+      layout: as in the forward.
 
     Returns:
       ({"gamma": (F,), "beta": (F,)}, dx of x's shape).
     """
     fn = "batch_norm_backward"
-    x = _check_batch_norm_input(fn, params, x)
+    x, _ = _check_batch_norm_input(fn, params, x, layout)
     check_same_shape(fn, "delta", delta, "x", x)
     eps = _check_eps(fn, eps)
     _batch_count(fn, axis_name)
-    spatial = tuple(range(1, x.ndim))
-    dx, x_hat = _standardize_backward(x, _per_channel(params["gamma"], x) * delta, spatial, axis_name, eps)
+    _, spatial = _feature_axes(x, layout)
+    dx, x_hat = _standardize_backward(x, _per_channel(params["gamma"], x, layout) * delta, spatial, axis_name, eps)
     grads = {"gamma": (delta * x_hat).sum(axis=spatial), "beta": delta.sum(axis=spatial)}
     return grads, dx
 

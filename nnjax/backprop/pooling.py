@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
+from nnjax.layers.layout import channel_axis, image_shape, spatial_axes
 from nnjax.layers.pooling import check_pool_args, pool_output_shape, window_views
 
 __all__ = ["max_pool2d_argmax", "max_pool2d_backward", "avg_pool2d_backward"]
@@ -31,18 +32,19 @@ _SPATIAL = (0, 1)
 """The spatial axes of a channels-last (H, W, C) array."""
 
 
-def _channels_last(x):
-    return jnp.moveaxis(x, 0, -1)
+def _channels_last(x, layout):
+    return jnp.moveaxis(x, 0, -1) if layout == "CHW" else x
 
 
-def _channels_first(x):
-    return jnp.moveaxis(x, -1, 0)
+def _from_channels_last(x, layout):
+    return jnp.moveaxis(x, -1, 0) if layout == "CHW" else x
 
 
-def _check_delta(fn: str, x, delta, window, stride):
-    out_hw = pool_output_shape(x.shape[1:], window, stride)
-    check_shape(fn, "delta", delta, (x.shape[0], *out_hw),
-                f" = (C, H', W'), the pooling output for x of shape {x.shape}")
+def _check_delta(fn: str, x, delta, window, stride, layout):
+    out_hw = pool_output_shape([x.shape[a] for a in spatial_axes(layout)], window, stride)
+    channels = x.shape[channel_axis(layout)]
+    check_shape(fn, "delta", delta, image_shape(channels, *out_hw, layout),
+                f" = ({', '.join(layout)}) with H', W' the pooling output for x of shape {x.shape}")
     return jnp.asarray(delta, x.dtype)
 
 
@@ -69,23 +71,23 @@ def _first_argmax(views):
     return index
 
 
-def max_pool2d_argmax(x, window=2, stride=None):
+def max_pool2d_argmax(x, window=2, stride=None, layout="CHW"):
     """Which element of each window is its maximum: the offset index m*kw + n, (C, H', W') ints.
 
     Tie rule: the FIRST maximum of the window in row-major order (m, then n) wins, so each
     window routes its delta to exactly one element.
 
     Args:
-      x: (C, H, W); window, stride: as `max_pool2d`.
+      x: (C, H, W); window, stride, layout: as `max_pool2d`.
 
     Returns:
-      int32 array (C, H', W') with values in [0, kh*kw).
+      int32 array (C, H', W') (or (H', W', C)) with values in [0, kh*kw).
     """
-    x, window, stride = check_pool_args("max_pool2d_argmax", x, window, stride)
-    return _first_argmax(window_views(x, window, stride))
+    x, window, stride = check_pool_args("max_pool2d_argmax", x, window, stride, layout)
+    return _first_argmax(window_views(x, window, stride, spatial_axes(layout)))
 
 
-def max_pool2d_backward(x, delta, window=2, stride=None):
+def max_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
     """dL/dx of max pooling: route each delta_{c,i,j} to the arg-max of its window.
 
     y_{c,i,j} = max_{m,n} x_{c, i*sh+m, j*sw+n}, so dy_{c,i,j}/dx is 1 at the window's
@@ -98,24 +100,24 @@ def max_pool2d_backward(x, delta, window=2, stride=None):
     covers get 0.
 
     Args:
-      x: (C, H, W), the pooling layer's input.
-      delta: (C, H', W'), dL/dy.
-      window, stride: as `max_pool2d`.
+      x: (C, H, W), the pooling layer's input ((H, W, C) with layout="HWC").
+      delta: (C, H', W'), dL/dy ((H', W', C) with layout="HWC").
+      window, stride, layout: as `max_pool2d`.
 
     Returns:
-      dx: (C, H, W).
+      dx: x's shape.
     """
-    x, window, stride = check_pool_args("max_pool2d_backward", x, window, stride)
-    delta = _check_delta("max_pool2d_backward", x, delta, window, stride)
-    x_last, delta_last = _channels_last(x), _channels_last(delta)
+    x, window, stride = check_pool_args("max_pool2d_backward", x, window, stride, layout)
+    delta = _check_delta("max_pool2d_backward", x, delta, window, stride, layout)
+    x_last, delta_last = _channels_last(x, layout), _channels_last(delta, layout)
     winner = _first_argmax(window_views(x_last, window, stride, _SPATIAL))
     zero = jnp.zeros((), delta.dtype)
     parts = [_scatter_view(jnp.where(winner == t, delta_last, zero), x_last.shape[:2], offset, stride)
              for t, offset in enumerate(_offsets(window))]
-    return _channels_first(sum(parts[1:], parts[0]))
+    return _from_channels_last(sum(parts[1:], parts[0]), layout)
 
 
-def avg_pool2d_backward(x, delta, window=2, stride=None):
+def avg_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
     """dL/dx of average pooling: spread delta / (kh*kw) evenly over each window.
 
     y_{c,i,j} = 1/(kh*kw) sum_{m,n} x_{c, i*sh+m, j*sw+n}, so every element of a window gets
@@ -127,8 +129,9 @@ def avg_pool2d_backward(x, delta, window=2, stride=None):
 
     Args and Returns as `max_pool2d_backward`.
     """
-    x, window, stride = check_pool_args("avg_pool2d_backward", x, window, stride)
-    delta = _check_delta("avg_pool2d_backward", x, delta, window, stride)
-    share = _channels_last(delta) / (window[0] * window[1])
-    parts = [_scatter_view(share, x.shape[1:], offset, stride) for offset in _offsets(window)]
-    return _channels_first(sum(parts[1:], parts[0]))
+    x, window, stride = check_pool_args("avg_pool2d_backward", x, window, stride, layout)
+    delta = _check_delta("avg_pool2d_backward", x, delta, window, stride, layout)
+    share = _channels_last(delta, layout) / (window[0] * window[1])
+    in_hw = [x.shape[a] for a in spatial_axes(layout)]
+    parts = [_scatter_view(share, in_hw, offset, stride) for offset in _offsets(window)]
+    return _from_channels_last(sum(parts[1:], parts[0]), layout)

@@ -25,6 +25,7 @@ from jax import lax
 
 from nnjax._checks import as_pair, check_choice, check_float_array, check_positive_int, check_rank, check_shape
 from nnjax.layers.dense import init_weights
+from nnjax.layers.layout import channel_axis, check_layout, spatial_axes
 
 __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
@@ -34,8 +35,9 @@ __all__ = [
 PADDING_MODES = ("valid", "same")
 """The named padding modes; an int or a pair (ph, pw) of symmetric zero padding is allowed too."""
 
-CONV_DIMENSIONS = ("NCHW", "OIHW", "NCHW")
-"""`lax.conv_general_dilated` layout: input (N, C, H, W), kernel (C_out, C_in, kh, kw)."""
+CONV_DIMENSIONS = {"CHW": ("NCHW", "OIHW", "NCHW"), "HWC": ("NHWC", "OIHW", "NHWC")}
+"""`lax.conv_general_dilated` layouts per image layout: input and output (N, C, H, W) or
+(N, H, W, C); the kernel is (C_out, C_in, kh, kw) in both."""
 
 
 def conv_output_size(in_size, kernel_size, stride=1, padding=0) -> int:
@@ -149,7 +151,7 @@ def _check_kernel_fits(fn: str, in_hw, kernel_size, pads) -> None:
             f"(x spatial size {tuple(in_hw)} with padding {pads}); no output position fits")
 
 
-def check_conv_args(fn: str, params, x, stride, padding):
+def check_conv_args(fn: str, params, x, stride, padding, layout="CHW"):
     """Checks a conv call and resolves its settings; shared with the backward passes.
 
     Returns:
@@ -157,24 +159,29 @@ def check_conv_args(fn: str, params, x, stride, padding):
 
     Raises:
       AssertionError (chex) for wrong ranks, a channel mismatch or a bias of the wrong shape;
-      ValueError/TypeError for bad stride or padding, or a kernel larger than the padded input.
+      ValueError/TypeError for bad stride, padding or layout, or a kernel larger than the
+      padded input.
     """
+    layout = check_layout(fn, layout)
     x = check_float_array(fn, "x", x)
     W, b = jnp.asarray(params["W"]), jnp.asarray(params["b"])
     check_rank(fn, "W", W, 4, "(C_out, C_in, kh, kw)")
-    check_rank(fn, "x", x, 3, "one example (C, H, W); batch with jax.vmap")
+    check_rank(fn, "x", x, 3, f"one example ({', '.join(layout)}); batch with jax.vmap")
     c_out, c_in, kh, kw = W.shape
-    check_shape(fn, "x", x, (c_in, None, None),
-                f" = (C_in, H, W): its C = {x.shape[0]} channels must equal C_in = {c_in} of W {W.shape}")
+    expected = [None, None, None]
+    expected[channel_axis(layout)] = c_in
+    check_shape(fn, "x", x, expected, f" = ({', '.join(layout)}): its C = {x.shape[channel_axis(layout)]} "
+                                      f"channels must equal C_in = {c_in} of W {W.shape}")
     check_shape(fn, "b", b, (c_out,), f" = (C_out,) to match W of shape {W.shape}")
     stride = as_pair(fn, "stride", stride)
-    pads = conv_padding(x.shape[1:], (kh, kw), stride, padding, fn)
-    _check_kernel_fits(fn, x.shape[1:], (kh, kw), pads)
+    in_hw = tuple(x.shape[a] for a in spatial_axes(layout))
+    pads = conv_padding(in_hw, (kh, kw), stride, padding, fn)
+    _check_kernel_fits(fn, in_hw, (kh, kw), pads)
     dtype = jnp.result_type(x, W)
     return W.astype(dtype), b.astype(dtype), x.astype(dtype), stride, pads
 
 
-def conv2d(params, x, stride=1, padding="valid"):
+def conv2d(params, x, stride=1, padding="valid", layout="CHW"):
     """Forward pass of a convolutional layer on ONE example.
 
     Output_{c_out, i, j} = sum_{c_in} sum_m sum_n I_{c_in, i*s+m, j*s+n} K_{c_out, c_in, m, n}
@@ -182,17 +189,18 @@ def conv2d(params, x, stride=1, padding="valid"):
 
     Args:
       params: {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
-      x: (C_in, H, W).
+      x: (C_in, H, W) (or (H, W, C_in) with layout="HWC").
       stride: int or (sh, sw).
       padding: "valid" | "same" | int | (ph, pw); see `conv_padding`.
+      layout: "CHW" (the chapter's) or "HWC" for x and the output (`nnjax.layers.layout`).
 
     Returns:
-      (C_out, H', W') with H' = (H + top + bottom - kh) // sh + 1, likewise W'.
+      (C_out, H', W') (or (H', W', C_out)) with H' = (H + top + bottom - kh) // sh + 1, likewise W'.
     """
-    W, b, x, stride, pads = check_conv_args("conv2d", params, x, stride, padding)
+    W, b, x, stride, pads = check_conv_args("conv2d", params, x, stride, padding, layout)
     z = lax.conv_general_dilated(x[None], W, window_strides=stride, padding=pads,
-                                 dimension_numbers=CONV_DIMENSIONS)[0]
-    return z + b[:, None, None]
+                                 dimension_numbers=CONV_DIMENSIONS[layout])[0]
+    return z + (b[:, None, None] if layout == "CHW" else b)
 
 
 def _check_im2col_args(fn: str, x, kernel_size, stride, padding):

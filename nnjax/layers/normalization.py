@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from nnjax._checks import check_float_array, check_positive_int, check_rank, check_shape
+from nnjax.layers.layout import channel_axis, check_layout
 
 __all__ = [
     "batch_norm_init", "batch_norm", "layer_norm_init", "layer_norm",
@@ -51,9 +52,15 @@ def _check_params(fn: str, params, expected_shape, because: str) -> None:
     check_shape(fn, 'params["beta"]', params["beta"], expected_shape, because)
 
 
-def _per_channel(v, x):
-    """Reshapes a per-channel vector (C,) to broadcast against x of shape (C,) or (C, H, W)."""
-    return v.reshape(v.shape + (1,) * (x.ndim - 1))
+def _per_channel(v, x, layout="CHW"):
+    """Reshapes a per-channel vector (C,) to broadcast against x: (C,), (C, H, W) or (H, W, C)."""
+    return v if layout == "HWC" else v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+def _feature_axes(x, layout):
+    """(the feature/channel axis, the other axes of one example) for batch norm's x."""
+    axis = channel_axis(layout) if x.ndim == 3 else 0
+    return axis, tuple(a for a in range(x.ndim) if a != axis)
 
 
 def _mean(x, axes, axis_name):
@@ -92,14 +99,18 @@ def _batch_count(fn: str, axis_name) -> int:
         ) from err
 
 
-def _check_batch_norm_input(fn: str, params, x):
-    """Checks x is one example (F,) or (C, H, W) and gamma, beta are (F,) / (C,) to match."""
+def _check_batch_norm_input(fn: str, params, x, layout):
+    """Checks x is one example (F,), (C, H, W) or (H, W, C) and gamma, beta are (F,) / (C,) to
+    match; returns (x, number of features)."""
+    layout = check_layout(fn, layout)
     x = check_float_array(fn, "x", x)
     if x.ndim not in (1, 3):
         raise ValueError(f"{fn}: x has shape {x.shape} (rank {x.ndim}), expected one example of "
-                         f"shape (F,) or (C, H, W); batch it with jax.vmap")
-    _check_params(fn, params, (x.shape[0],), f" = (x.shape[0],) to match x of shape {x.shape}")
-    return x
+                         f"shape (F,) or ({', '.join(layout)}); batch it with jax.vmap")
+    features = x.shape[_feature_axes(x, layout)[0]]
+    _check_params(fn, params, (features,), f" = ({features},), the features (channels) of x of "
+                                           f"shape {x.shape}")
+    return x, features
 
 
 def batch_norm_init(num_features):
@@ -118,7 +129,7 @@ def batch_norm_init(num_features):
             {"mean": jnp.zeros((f,)), "var": jnp.ones((f,))})
 
 
-def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=1e-5):
+def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=1e-5, layout="CHW"):
     """Batch normalization of one example, with the statistics of its mini-batch.
 
     For a mini-batch {x_i}_{i=1}^m, per feature (per channel for images, where the m values are
@@ -140,11 +151,13 @@ def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=
     Args:
       params: {"gamma": (F,), "beta": (F,)}.
       state: {"mean": (F,), "var": (F,)} running statistics.
-      x: one example, (F,) or (C, H, W) with F = C.
+      x: one example, (F,) or (C, H, W) with F = C ((H, W, C) with layout="HWC").
       train: use batch statistics (True) or the running ones (False).
-      axis_name: the batch axis name of the enclosing vmap/pmap (train=True only).
+      axis_name: the batch axis name of the enclosing vmap/pmap (train=True only); a tuple of
+        names averages across all of them (e.g. devices and the vmapped batch).
       momentum: weight of the old running statistics, in [0, 1].
       eps: epsilon > 0.
+      layout: "CHW" or "HWC" for an image x (`nnjax.layers.layout`); ignored for x (F,).
 
     Returns:
       (y, new_state): y of x's shape; new_state like `state`. Under vmap, new_state is the same
@@ -155,20 +168,20 @@ def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=
       ValueError: train=True with a single value per feature (m = 1: no variance).
     """
     fn = "batch_norm"
-    x = _check_batch_norm_input(fn, params, x)
-    check_shape(fn, 'state["mean"]', state["mean"], (x.shape[0],), f" to match x of shape {x.shape}")
-    check_shape(fn, 'state["var"]', state["var"], (x.shape[0],), f" to match x of shape {x.shape}")
+    x, features = _check_batch_norm_input(fn, params, x, layout)
+    check_shape(fn, 'state["mean"]', state["mean"], (features,), f" to match x of shape {x.shape}")
+    check_shape(fn, 'state["var"]', state["var"], (features,), f" to match x of shape {x.shape}")
     if not isinstance(train, bool):
         raise TypeError(f"{fn}: train must be True or False, got {train!r}")
     if isinstance(momentum, (int, float)) and not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
     eps = _check_eps(fn, eps)
-    gamma, beta = _per_channel(params["gamma"], x), _per_channel(params["beta"], x)
+    gamma, beta = _per_channel(params["gamma"], x, layout), _per_channel(params["beta"], x, layout)
     if not train:
-        mean, var = _per_channel(state["mean"], x), _per_channel(state["var"], x)
+        mean, var = _per_channel(state["mean"], x, layout), _per_channel(state["var"], x, layout)
         return gamma * (x - mean) * jax.lax.rsqrt(var + eps) + beta, state
-    spatial = tuple(range(1, x.ndim))
-    m = _batch_count(fn, axis_name) * (x.size // x.shape[0])
+    _, spatial = _feature_axes(x, layout)
+    m = _batch_count(fn, axis_name) * (x.size // features)
     if isinstance(m, int) and m < 2:
         raise ValueError(f"{fn}: train=True needs more than one value per feature to estimate a "
                          f"variance, got a batch of {m} for x of shape {x.shape}")

@@ -24,11 +24,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import as_pair, check_float_array, check_rank
+from nnjax.layers.layout import check_layout, spatial_axes
 
 __all__ = ["pool_output_shape", "window_views", "max_pool2d", "avg_pool2d"]
 
 
-def check_pool_args(fn: str, x, window, stride):
+def check_pool_args(fn: str, x, window, stride, layout="CHW"):
     """Checks a pooling call and resolves window and stride (stride defaults to the window).
 
     Returns:
@@ -36,16 +37,19 @@ def check_pool_args(fn: str, x, window, stride):
 
     Raises:
       AssertionError (chex) unless x has rank 3; TypeError/ValueError for a window or stride
-      that is not a positive int or pair; ValueError for a window larger than the input.
+      that is not a positive int or pair, or a layout not in `nnjax.layers.layout.LAYOUTS`;
+      ValueError for a window larger than the input.
     """
+    layout = check_layout(fn, layout)
     x = check_float_array(fn, "x", x)
-    check_rank(fn, "x", x, 3, "one example (C, H, W); batch with jax.vmap")
+    check_rank(fn, "x", x, 3, f"one example ({', '.join(layout)}); batch with jax.vmap")
     window = as_pair(fn, "window", window)
     stride = window if stride is None else as_pair(fn, "stride", stride)
-    if window[0] > x.shape[1] or window[1] > x.shape[2]:
+    in_hw = tuple(x.shape[a] for a in spatial_axes(layout))
+    if window[0] > in_hw[0] or window[1] > in_hw[1]:
         raise ValueError(
-            f"{fn}: window {window} is larger than the input's spatial size {x.shape[1:]} "
-            f"(x has shape {x.shape}); no window fits")
+            f"{fn}: window {window} is larger than the input's spatial size {in_hw} "
+            f"(x has shape {x.shape}, layout {layout}); no window fits")
     return x, window, stride
 
 
@@ -76,30 +80,31 @@ def window_views(x, window, stride, axes=(1, 2)) -> list:
             for m in range(kh) for n in range(kw)]
 
 
-def max_pool2d(x, window=2, stride=None):
+def max_pool2d(x, window=2, stride=None, layout="CHW"):
     """Max pooling of ONE example: y_{c,i,j} = max_{m,n} x_{c, i*sh+m, j*sw+n}.
 
     Args:
-      x: (C, H, W).
+      x: (C, H, W) (or (H, W, C) with layout="HWC").
       window: int or (kh, kw).
       stride: int or (sh, sw); None means the window (non-overlapping windows).
+      layout: "CHW" (the chapter's) or "HWC" for x and the output (`nnjax.layers.layout`).
 
     Returns:
-      (C, H', W') with H' = (H - kh) // sh + 1, W' = (W - kw) // sw + 1.
+      (C, H', W') (or (H', W', C)) with H' = (H - kh) // sh + 1, W' = (W - kw) // sw + 1.
     """
-    x, window, stride = check_pool_args("max_pool2d", x, window, stride)
-    views = window_views(x, window, stride)
+    x, window, stride = check_pool_args("max_pool2d", x, window, stride, layout)
+    views = window_views(x, window, stride, spatial_axes(layout))
     y = views[0]
     for view in views[1:]:
         y = jnp.maximum(y, view)
     return y
 
 
-def avg_pool2d(x, window=2, stride=None):
+def avg_pool2d(x, window=2, stride=None, layout="CHW"):
     """Average pooling of ONE example: y_{c,i,j} = 1/(kh*kw) sum_{m,n} x_{c, i*sh+m, j*sw+n}.
 
     Args and Returns as `max_pool2d`.
     """
-    x, window, stride = check_pool_args("avg_pool2d", x, window, stride)
-    views = window_views(x, window, stride)
+    x, window, stride = check_pool_args("avg_pool2d", x, window, stride, layout)
+    views = window_views(x, window, stride, spatial_axes(layout))
     return sum(views[1:], views[0]) / len(views)
