@@ -9,7 +9,7 @@ from nnjax import training
 from nnjax.data import DataError
 
 __all__ = ["build_parser", "config_from_args", "run", "positive_int", "non_negative_int", "positive_float",
-           "non_negative_float", "positive_ints"]
+           "non_negative_float", "positive_ints", "device_count"]
 
 
 def _number(convert, what: str, accept):
@@ -29,6 +29,16 @@ positive_int = _number(int, "a positive integer", lambda v: v >= 1)
 non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
 positive_float = _number(float, "a number > 0", lambda v: v > 0)
 non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
+
+
+def device_count(text: str) -> int | str:
+    """An argparse `type` for ``--devices``: ``auto`` or a positive int."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
 
 
 def positive_ints(what: str, example: str):
@@ -77,6 +87,9 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
     run.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
                      help="one lax.scan per epoch, a Python loop over the jitted step, or the "
                           "measured default for this model and backend")
+    run.add_argument("--devices", type=device_count, default="auto",
+                     help="devices sharing each batch (on a CPU, one per core), or 'auto': the "
+                          "measured default for this model and backend")
     opt = parser.add_argument_group("optimizer")
     opt.add_argument("--optimizer", choices=training.OPTIMIZERS, default=defaults["optimizer"],
                      help="optax optimizer (sgd uses Nesterov momentum 0.9)")
@@ -112,7 +125,8 @@ def config_from_args(args: argparse.Namespace, model: training.Model,
         grads=args.grads, epoch_mode=args.epoch_mode, optimizer=args.optimizer,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        eval_batch_size=args.eval_batch_size, model=model.describe, n_train=n_train)
+        eval_batch_size=args.eval_batch_size, devices=args.devices, model=model.describe,
+        n_train=n_train)
     config.validate()
     return config
 
@@ -123,6 +137,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
     Bad settings, missing data and an unusable checkpoint end the program with a one-line
     error (exit status 2 for flags, 1 otherwise) instead of a traceback.
     """
+    training.use_host_cores()
     try:
         splits = training.load_splits(args.limit_train, args.val)
     except DataError as error:

@@ -1,6 +1,15 @@
-"""Shared fixtures. x64 is process-wide in JAX, so float64 checks scope it with a fixture."""
-import jax
-import pytest
+"""Shared fixtures. x64 is process-wide in JAX, so float64 checks scope it with a fixture.
+
+The CPU is presented to XLA as two devices (before JAX starts), so data-parallel training
+(`nnjax.training`, ``devices=2``) runs in the tests as it does in the experiments; code that
+does not ask for several devices runs on the first, as before.
+"""
+from nnjax.training import use_host_cores
+
+use_host_cores(2)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -262,3 +262,18 @@ def test_validation_hold_out_is_scored_each_epoch_and_the_test_set_at_the_end(tm
     assert all("test_accuracy" not in r for r in results["history"])
     assert 0.7 < results["test_accuracy"] < 1 and results["test_accuracy"] != results["history"][-1]["val_accuracy"]
     assert (tmp_path / training.CURVES_FILE).exists()
+
+
+def test_data_parallel_cnn_run_resumes_exactly_and_is_deterministic(full_splits, small_splits, tmp_path):
+    """The CNN split across two devices: an interrupted, resumed run equals an uninterrupted one."""
+    model = training.cnn_model(channels=(8, 16), hidden=32)
+    splits = small_splits._replace(train_images=full_splits.train_images[:1024],
+                                   train_labels=full_splits.train_labels[:1024])
+    config = small_config(splits, model, epochs=2, batch_size=64, warmup_epochs=0.5, devices=2)
+    whole = run(model, splits, config)
+    assert whole["devices"] == 2
+    partial = run(model, splits, config, out_dir=str(tmp_path), stop_after_epoch=1)
+    assert metrics(partial) == metrics(whole)[:1]
+    resumed = run(model, splits, config, out_dir=str(tmp_path), resume=True)
+    assert metrics(resumed) == metrics(whole)
+    assert whole["test_accuracy"] > 0.5

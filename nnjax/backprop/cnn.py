@@ -50,7 +50,7 @@ from nnjax.layers.normalization import batch_norm
 from nnjax.losses import softmax_cross_entropy
 
 __all__ = ["POOL_WINDOW", "FAST_CONV_MAX_IN_CHANNELS", "cnn_feature_shape", "cnn_num_blocks",
-           "check_cnn_batch", "cnn_forward", "cnn_value_and_grads", "cnn_grads"]
+           "check_cnn_batch", "cnn_forward", "cnn_logits_and_grads", "cnn_value_and_grads", "cnn_grads"]
 
 POOL_WINDOW = 2
 """Every block ends in a 2x2 max pool with stride 2, halving H and W (rounding down)."""
@@ -208,10 +208,11 @@ def _conv_batch_backward(params, X, Delta, input_grad: bool):
     return grads, conv2d_input_grad(W, Delta, X.shape[1:3], _STRIDE, _VALID, _LAYOUT)
 
 
-def _blocks_backward(params, X, cache, delta, num_blocks):
+def _blocks_backward(params, X, cache, delta, num_blocks, axes):
     """The batch's backward through the conv blocks, from delta = dL/dp_N (m, H_N, W_N, C_N).
 
-    X: the images channels-last (m, H, W, C); cache: `_forward`'s, batched.
+    X: the images channels-last (m, H, W, C); cache: `_forward`'s, batched; axes: batch
+    norm's axis name(s).
 
     Returns:
       {"conv{i}": {"W", "b"}, "bn{i}": {"gamma", "beta"}}, summed over the batch.
@@ -223,12 +224,46 @@ def _blocks_backward(params, X, cache, delta, num_blocks):
         delta = activation_backward("relu", cache[f"bn{i}"], delta)
         bn_params = params[f"bn{i}"]
         bn_grads, delta = jax.vmap(
-            lambda z, d: batch_norm_backward(bn_params, z, d, axis_name=_AXIS, layout=_LAYOUT),
+            lambda z, d: batch_norm_backward(bn_params, z, d, axis_name=axes, layout=_LAYOUT),
             axis_name=_AXIS)(cache[f"conv{i}"], delta)
         grads[f"bn{i}"] = jax.tree.map(lambda g: jnp.sum(g, axis=0), bn_grads)
         conv_input = cache[f"pool{i - 1}"] if i > 1 else X
         grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
     return grads
+
+
+def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
+    """The batch's logits, new batch-norm state and gradients of `nnjax.network.cnn_loss`
+    (train=True), by hand: the forward pass, then the chain of backward passes.
+
+    Args:
+      params, state: as `nnjax.network.cnn_init` returns.
+      X: images (m, C, H, W).
+      Y: one-hot targets (m, K) (soft targets summing to 1 work too).
+      device_axis: the name of an enclosing `shard_map`/`pmap` axis over which the batch is
+        split, or None. Batch norm's statistics (and their backward) then span every device's
+        examples; the gradients are those of this device's mean loss, so their mean over the
+        devices (`jax.lax.pmean`) is the whole batch's gradient.
+
+    Returns:
+      (logits (m, K), new_state, grads): grads with params' structure.
+    """
+    X = check_cnn_batch("cnn_grads", params, X, Y)
+    X = X.astype(jnp.result_type(X, params["conv1"]["W"]))
+    num_blocks = cnn_num_blocks(params)
+    axes = _AXIS if device_axis is None else (_AXIS, device_axis)
+    logits, new_state, cache = jax.vmap(
+        lambda x: _forward("cnn_grads", params, state, x, True, axes),
+        axis_name=_AXIS, out_axes=(0, None, 0))(X)
+    grads = {}
+    delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
+    grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)
+    delta = activation_backward("relu", cache["dense1"], delta)
+    grads["dense1"], delta = _dense_batch_backward(params["dense1"], cache["flat"], delta)
+    m, h, w, c = cache[f"pool{num_blocks}"].shape
+    delta = jnp.moveaxis(delta.reshape(m, c, h, w), 1, -1)
+    grads.update(_blocks_backward(params, jnp.moveaxis(X, 1, -1), cache, delta, num_blocks, axes))
+    return logits, new_state, grads
 
 
 def cnn_value_and_grads(params, state, X, Y):
@@ -246,19 +281,7 @@ def cnn_value_and_grads(params, state, X, Y):
       ((loss, new_state), grads): loss the mean cross-entropy, new_state the updated running
       statistics, grads with params' structure.
     """
-    X = check_cnn_batch("cnn_grads", params, X, Y)
-    num_blocks = cnn_num_blocks(params)
-    logits, new_state, cache = jax.vmap(
-        lambda x: _forward("cnn_grads", params, state, x, True, _AXIS),
-        axis_name=_AXIS, out_axes=(0, None, 0))(X)
-    grads = {}
-    delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
-    grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)
-    delta = activation_backward("relu", cache["dense1"], delta)
-    grads["dense1"], delta = _dense_batch_backward(params["dense1"], cache["flat"], delta)
-    m, h, w, c = cache[f"pool{num_blocks}"].shape
-    delta = jnp.moveaxis(delta.reshape(m, c, h, w), 1, -1)
-    grads.update(_blocks_backward(params, jnp.moveaxis(X, 1, -1), cache, delta, num_blocks))
+    logits, new_state, grads = cnn_logits_and_grads(params, state, X, Y)
     return (jnp.mean(softmax_cross_entropy(logits, Y)), new_state), grads
 
 

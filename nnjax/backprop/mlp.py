@@ -23,7 +23,7 @@ from nnjax.backprop.activation import activation_backward, mse_backward, softmax
 from nnjax.backprop.dense import dense_backward
 from nnjax.layers.dense import check_dense_stack, dense
 
-__all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_grads_mse"]
+__all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_logits_and_grads", "mlp_grads_mse"]
 
 LOSSES = {"softmax_cross_entropy": softmax_cross_entropy_backward, "mse": mse_backward}
 """Output losses with a hand-derived delta^[L] = dL/dz^[L], as functions of (z^[L], y)."""
@@ -76,7 +76,11 @@ def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "s
 
 
 def _batch_grads(fn: str, params, X, Y, activation, loss: str):
-    """Mean-over-batch gradients by the delta recursion on (m, n_l) matrices, one matmul per dW."""
+    """Mean-over-batch gradients by the delta recursion on (m, n_l) matrices, one matmul per dW.
+
+    Returns:
+      (Z^[L] the batch's output pre-activations (m, n_L), grads).
+    """
     sigma, sigma_prime = get_activation(activation, fn)
     sizes = check_dense_stack(fn, params)
     X, Y = jnp.asarray(X), jnp.asarray(Y)
@@ -99,7 +103,7 @@ def _batch_grads(fn: str, params, X, Y, activation, loss: str):
         grads.insert(0, {"W": Delta.T @ As[l], "b": jnp.sum(Delta, axis=0)})
         if l > 0:
             Delta = (Delta @ params[l]["W"]) * sigma_prime(Zs[l - 1])
-    return grads
+    return Zs[-1], grads
 
 
 def mlp_grads(params, X, Y, activation: Callable | str = relu):
@@ -119,7 +123,21 @@ def mlp_grads(params, X, Y, activation: Callable | str = relu):
     Returns:
       grads with params' structure: a list of {"W": (n_l, n_(l-1)), "b": (n_l,)}.
     """
-    return _batch_grads("mlp_grads", params, X, Y, activation, "softmax_cross_entropy")
+    return _batch_grads("mlp_grads", params, X, Y, activation, "softmax_cross_entropy")[1]
+
+
+def mlp_logits_and_grads(params, X, Y, activation: Callable | str = relu):
+    """`mlp_grads` together with the logits Z^[L] its forward pass computed on the way.
+
+    A training step that reports the batch's loss and accuracy needs both; this saves it a
+    second forward pass.
+
+    Args: as `mlp_grads`.
+
+    Returns:
+      (logits (m, n_L), grads).
+    """
+    return _batch_grads("mlp_logits_and_grads", params, X, Y, activation, "softmax_cross_entropy")
 
 
 def mlp_grads_mse(params, X, Y, activation: Callable | str = relu):
@@ -136,4 +154,4 @@ def mlp_grads_mse(params, X, Y, activation: Callable | str = relu):
     Returns:
       grads with params' structure.
     """
-    return _batch_grads("mlp_grads_mse", params, X, Y, activation, "mse")
+    return _batch_grads("mlp_grads_mse", params, X, Y, activation, "mse")[1]

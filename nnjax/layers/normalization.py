@@ -22,6 +22,8 @@ under `pmap` or `shard_map`.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -63,10 +65,21 @@ def _feature_axes(x, layout):
     return axis, tuple(a for a in range(x.ndim) if a != axis)
 
 
+def _axis_names(axis_name) -> tuple:
+    """`axis_name` as a tuple of names: () for None, a 1-tuple for one name."""
+    if axis_name is None:
+        return ()
+    return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+
+
 def _mean(x, axes, axis_name):
-    """Mean over the local `axes` of one example and, if given, across the named axis `axis_name`."""
+    """Mean over the local `axes` of one example and, if given, across the named axis
+    `axis_name` (or each of a tuple of names in turn: a vmapped batch split across devices,
+    every device holding an equal share, so the mean of means is the mean)."""
     m = jnp.mean(x, axis=axes, keepdims=True)
-    return m if axis_name is None else jax.lax.pmean(m, axis_name)
+    for name in _axis_names(axis_name):
+        m = jax.lax.pmean(m, name)
+    return m
 
 
 def _standardize(x, axes, axis_name, eps):
@@ -89,7 +102,7 @@ def _standardize(x, axes, axis_name, eps):
 def _batch_count(fn: str, axis_name) -> int:
     """The number of examples along the named axis; a clear error outside vmap/pmap/shard_map."""
     try:
-        return jax.lax.psum(1, axis_name)
+        return math.prod(jax.lax.psum(1, name) for name in _axis_names(axis_name))
     except NameError as err:
         raise NameError(
             f"{fn}: train=True needs the batch axis {axis_name!r} but it is not bound: batch norm "

@@ -1,0 +1,73 @@
+"""Data parallelism in nnjax.training: a batch split across devices trains exactly like the
+whole batch on one device (up to float rounding), for both gradient sources."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nnjax import training
+
+TWO_DEVICES = len(jax.devices()) >= 2
+
+
+def test_the_test_process_has_two_cpu_devices():
+    """conftest's use_host_cores(2) took effect, so the tests below run on two devices."""
+    assert TWO_DEVICES, jax.devices()
+
+
+def test_resolve_devices_follows_the_measured_table_and_the_batch():
+    assert training.resolve_devices("auto", "cnn", 128, 1000, "cpu") == 2
+    assert training.resolve_devices("auto", "mlp", 128, 1000, "cpu") == 1
+    assert training.resolve_devices("auto", "cnn", 33, 1000, "cpu") == 1  # 2 does not divide 33
+    assert training.resolve_devices(2, "mlp", 128, 1000, "cpu") == 2
+    with pytest.raises(ValueError, match=r"devices=3 but the cpu backend has 2; .*use_host_cores"):
+        training.resolve_devices(3, "cnn", 128, 1000, "cpu")
+    with pytest.raises(ValueError, match=r"devices=2 must divide batch_size=33"):
+        training.resolve_devices(2, "cnn", 33, 1000, "cpu")
+
+
+@pytest.mark.parametrize("devices", [0, -1, "two", 1.5, True])
+def test_bad_device_count_is_refused(devices):
+    config = training.TrainConfig(epochs=1, batch_size=8, lr=0.1, warmup_epochs=0.0, devices=devices,
+                                  n_train=64)
+    with pytest.raises(ValueError, match=r"devices=.* must be 'auto' or an int >= 1"):
+        config.validate()
+
+
+def test_use_host_cores_keeps_a_count_already_in_xla_flags(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    training.use_host_cores(5)
+    assert training.os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    training.use_host_cores(5)
+    assert training.os.environ["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=5")
+
+
+def _one_step(model, grads, devices, params, state, data, batches):
+    optimizer = optax.sgd(0.1)
+    mesh = training._mesh(devices)
+    carry = training._on_devices((params, optimizer.init(params), state, jnp.int32(0)), mesh)
+    data = training._Data(*training._on_devices(tuple(data), mesh))
+    step = jax.jit(training.make_train_step(model, optimizer, grads, 0.1, devices))
+    return jax.device_get(step(carry, data, training._on_devices(batches, mesh)))
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+@pytest.mark.parametrize("grads", ["autodiff", "manual"])
+def test_a_step_split_across_two_devices_equals_the_step_on_one(x64, kind, grads):
+    """Parameters, batch-norm running statistics, loss and correct count after one step:
+    batch norm's statistics span both devices and the gradients are averaged across them."""
+    model = training.cnn_model(channels=(4, 8), hidden=16) if kind == "cnn" else training.mlp_model()
+    params, state = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)
+    data = training._Data(jnp.asarray(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),
+                          jnp.asarray(rng.integers(0, 10, 96).astype(np.int32)))
+    batches = jnp.asarray(rng.permutation(96)[:64].reshape(2, 32).astype(np.int32))
+    one = _one_step(model, grads, 1, params, state, data, batches)
+    two = _one_step(model, grads, 2, params, state, data, batches)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    assert one[0][0] is not params  # the step moved the parameters
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one[0][0]), jax.tree.leaves(params)))
+    assert moved > 1e-3
