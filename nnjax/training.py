@@ -57,7 +57,7 @@ from nnjax.network import cnn_apply, cnn_init, mlp_init, mlp_logits
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
     "SCHEDULES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
-    "resolve_devices", "Model", "mlp_model", "cnn_model", "Splits",
+    "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_train_step",
     "make_evaluate", "evaluate", "compare_gradient_sources", "save_checkpoint",
     "load_checkpoint", "plot_curves", "ResumeError", "train", "CHECKPOINT_FILE", "METRICS_FILE",
@@ -426,6 +426,12 @@ def _mesh(devices: int) -> Mesh | None:
 def _on_devices(tree, mesh: Mesh | None):
     """Puts `tree` on the default device, or replicated on every device of `mesh`."""
     return jax.device_put(tree, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
+
+
+def replicate(tree, devices: int = 1):
+    """Puts `tree` where a step of `make_train_step(..., devices=devices)` wants its data and
+    carry: on the default device, or replicated on each of the first `devices` devices."""
+    return _on_devices(tree, _mesh(devices))
 
 
 def _split_batch(fn: Callable, mesh: Mesh | None, batch_args: int) -> Callable:

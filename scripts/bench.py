@@ -40,6 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_peers import common  # noqa: E402
+from nnjax.training import use_host_cores  # noqa: E402
 
 MODES = ("loop", "scan")
 FRAMEWORKS = ("nnjax", "raw_jax", "flax", "equinox", "torch", "torch_compile")
@@ -373,6 +374,7 @@ def run_profiles(args) -> int:
 
 
 def main(argv=None) -> int:
+    use_host_cores()
     args = parse_args(argv)
     if args.profile:
         return run_profiles(args)

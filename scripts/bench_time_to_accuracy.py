@@ -112,18 +112,19 @@ def run_seed(model_name: str, seed: int, data, settings: dict, args) -> dict:
         total_steps = min(total_steps, args.steps)
     eval_every = min(eval_every, total_steps)
 
+    devices = training.resolve_devices(config.devices, model.kind, config.batch_size, EVAL_BATCH)
     init_key, shuffle_key = jax.random.split(jax.random.key(seed))
     params, state = model.init(init_key)
     optimizer = training.make_optimizer(config)
-    step = training.make_train_step(model, optimizer, config.grads)
+    step = training.make_train_step(model, optimizer, config.grads, devices=devices)
     n_batched = config.steps_per_epoch * config.batch_size
     batches = jnp.concatenate([
         jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), config.n_train)[:n_batched]
         .reshape(config.steps_per_epoch, config.batch_size) for epoch in range(config.epochs)])
-    device_data = TrainingData(jax.device_put(train_images), jax.device_put(train_labels))
-    test_x, test_y = jax.device_put(test_images), jax.device_put(test_labels)
-    mask = jnp.ones((EVAL_BATCH,), jnp.float32)
-    carry = (params, optimizer.init(params), state, jnp.int32(0))
+    device_data = TrainingData(*training.replicate((train_images, train_labels), devices))
+    test_x, test_y, mask, batches = training.replicate(
+        (test_images, test_labels, np.ones((EVAL_BATCH,), np.float32), batches), devices)
+    carry = training.replicate((params, optimizer.init(params), state, jnp.int32(0)), devices)
 
     start = time.perf_counter()
     if mode == "scan":
@@ -132,12 +133,13 @@ def run_seed(model_name: str, seed: int, data, settings: dict, args) -> dict:
         advance = jax.jit(chunk, donate_argnums=0).lower(carry, device_data, batches).compile()
     else:
         advance = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile()
-    evaluate_batch = jax.jit(training.make_evaluate(model)).lower(
+    evaluate_batch = jax.jit(training.make_evaluate(model, devices)).lower(
         params, state, test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask).compile()
     compile_s = time.perf_counter() - start
 
     def test_accuracy(params, state) -> float:
-        correct = [evaluate_batch(params, state, test_x[i:i + EVAL_BATCH], test_y[i:i + EVAL_BATCH], mask)[1]
+        correct = [jax.block_until_ready(evaluate_batch(
+                       params, state, test_x[i:i + EVAL_BATCH], test_y[i:i + EVAL_BATCH], mask))[1]
                    for i in range(0, len(test_labels) - EVAL_BATCH + 1, EVAL_BATCH)]
         return float(np.sum(jax.device_get(correct))) / (len(correct) * EVAL_BATCH)
 
@@ -148,7 +150,9 @@ def run_seed(model_name: str, seed: int, data, settings: dict, args) -> dict:
             carry, _ = advance(carry, device_data, batches)
         else:
             for _ in range(eval_every):
-                carry, _ = advance(carry, device_data, batches)
+                carry, metrics = advance(carry, device_data, batches)
+                if devices > 1:
+                    jax.block_until_ready(metrics)
         jax.block_until_ready(carry)
         train_s += time.perf_counter() - start
         done += eval_every
@@ -160,11 +164,12 @@ def run_seed(model_name: str, seed: int, data, settings: dict, args) -> dict:
             reached = {"step": done, "epochs": done / config.steps_per_epoch, "train_s": train_s,
                        "test_accuracy": accuracy}
             break
-    return {"seed": seed, "epoch_mode": mode, "compile_s": compile_s, "eval_s": eval_s,
+    return {"seed": seed, "epoch_mode": mode, "devices": devices, "compile_s": compile_s, "eval_s": eval_s,
             "train_s": train_s, "steps": done, "reached": reached, "curve": curve}
 
 
 def main(argv=None) -> int:
+    training.use_host_cores()
     args = parse_args(argv)
     data = load_data(args.data)
     results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -3,6 +3,8 @@
 
 As in `train`, the data stays on the device as uint8 (the step gathers and standardizes its
 batch) and the step's carry is donated; the batches are taken in the benchmark's fixed order.
+Each batch is split across as many devices as `train` would use (`resolve_devices("auto")`:
+on a CPU presented as several devices, the CNN's batches are; the MLP's are not).
 """
 from __future__ import annotations
 
@@ -31,43 +33,51 @@ def _model(model: str) -> training.Model:
 
 def _setup(model: str, data: common.EpochData, lr: float, grads: str, seed: int = 0):
     net = _model(model)
+    devices = training.resolve_devices("auto", net.kind, data.batch_size, data.batch_size)
     optimizer = optax.sgd(lr)
-    step = training.make_train_step(net, optimizer, grads)
+    step = training.make_train_step(net, optimizer, grads, devices=devices)
     params, state = net.init(jax.random.key(seed))
     n = data.steps * data.batch_size
-    device_data = DeviceData(jax.device_put(data.pixels.reshape(n, 28, 28)),
-                             jax.device_put(data.labels.reshape(n)))
-    batches = jax.device_put(np.arange(n, dtype=np.int32).reshape(data.steps, data.batch_size))
-    return step, (params, optimizer.init(params), state), device_data, batches
+    device_data = DeviceData(*training.replicate((data.pixels.reshape(n, 28, 28), data.labels.reshape(n)), devices))
+    batches = training.replicate(np.arange(n, dtype=np.int32).reshape(data.steps, data.batch_size), devices)
+    trained = training.replicate((params, optimizer.init(params), state), devices)
+    return step, trained, device_data, batches, devices
 
 
-def _fresh_carry(trained):
+def _note(devices: int) -> str:
+    return "" if devices == 1 else f"batch split across {devices} devices"
+
+
+def _fresh_carry(trained, devices):
     params, opt_state, state = trained
-    return params, opt_state, state, jnp.int32(0)
+    return params, opt_state, state, training.replicate(jnp.int32(0), devices)
 
 
 def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
-    """nnjax's jitted train step called once per batch from Python (``epoch_mode="loop"``)."""
-    step, trained, device_data, batches = _setup(model, data, lr, grads)
+    """nnjax's jitted train step called once per batch from Python (``epoch_mode="loop"``);
+    with several devices each step is waited for, as `train` does."""
+    step, trained, device_data, batches, devices = _setup(model, data, lr, grads)
     jitted = jax.jit(step, donate_argnums=0)
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
-        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"]), device_data, batches).compile()
-        carry, metrics = holder["compiled"](_fresh_carry(holder["trained"]), device_data, batches)
+        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data, batches).compile()
+        carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)
         jax.block_until_ready((carry, metrics))
         holder["trained"] = carry[:3]
 
     def epoch():
-        carry = _fresh_carry(holder["trained"])
+        carry = _fresh_carry(holder["trained"], devices)
         for _ in range(data.steps):
-            carry, _ = holder["compiled"](carry, device_data, batches)
+            carry, metrics = holder["compiled"](carry, device_data, batches)
+            if devices > 1:
+                jax.block_until_ready(metrics)
         jax.block_until_ready(carry)
         holder["trained"] = carry[:3]
 
     return common.Trainer(f"nnjax {grads} loop", "nnjax", first_step, epoch,
                           common.step_flops(model, data.batch_size),
-                          lambda: common.xla_flops(holder["compiled"]))
+                          lambda: common.xla_flops(holder["compiled"]), _note(devices))
 
 
 def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
@@ -75,7 +85,7 @@ def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
 
     Its warm-up is the ahead-of-time compile of the epoch (no step is run).
     """
-    step, trained, device_data, batches = _setup(model, data, lr, grads)
+    step, trained, device_data, batches, devices = _setup(model, data, lr, grads)
 
     def run_epoch(carry, device_data, batches):
         return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=data.steps)
@@ -84,15 +94,15 @@ def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
-        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"]), device_data, batches).compile()
+        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data, batches).compile()
 
     def epoch():
-        carry, metrics = holder["compiled"](_fresh_carry(holder["trained"]), device_data, batches)
+        carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)
         jax.block_until_ready((carry, metrics))
         holder["trained"] = carry[:3]
 
     return common.Trainer(f"nnjax {grads} scan", "nnjax", first_step, epoch,
-                          common.step_flops(model, data.batch_size))
+                          common.step_flops(model, data.batch_size), note=_note(devices))
 
 
 def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.Trainer]:

@@ -64,16 +64,17 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     """
     images, labels = common.synthetic_mnist(batch_size * 4)
     data = common.cut_epoch(images, labels, batch_size, 4)
-    step, trained, device_data, batches = nnjax_rows._setup(model, data, 0.01, grads)
-    compiled = jax.jit(step, donate_argnums=0).lower(nnjax_rows._fresh_carry(trained), device_data, batches).compile()
+    step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads)
+    carry = nnjax_rows._fresh_carry(trained, devices)
+    compiled = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile()
     hlo = compiled.as_text()
-    carry = nnjax_rows._fresh_carry(trained)
 
     def run(n):
         nonlocal carry
         for _ in range(n):
-            carry, _ = compiled(carry[:3] + (carry[3] % data.steps,), device_data, batches)
-        jax.block_until_ready(carry)
+            carry = nnjax_rows._fresh_carry(carry[:3], devices)
+            carry, _ = compiled(carry, device_data, batches)
+            jax.block_until_ready(carry)
 
     run(2)
     step_ms = min(common.timed(lambda: run(1)) for _ in range(steps)) * 1e3
