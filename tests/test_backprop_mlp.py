@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 import nnjax.backprop
 from nnjax.activations import ELEMENTWISE, softmax
-from nnjax.backprop import mlp_backward, mlp_grads, mlp_grads_mse
+from nnjax.backprop import mlp_backward, mlp_grads, mlp_grads_mse, mlp_logits_and_grads
 from nnjax.losses import mse, softmax_cross_entropy
 from nnjax.network import mlp_init, mlp_logits
 
@@ -121,6 +121,14 @@ def test_mlp_grads_match_jax_grad_and_the_mean_of_per_example_backward(activatio
     assert_trees_close(ce, ce_auto, rtol=1e-11, atol=1e-13)
     assert_trees_close(sq, sq_auto, rtol=1e-11, atol=1e-13)
     assert_trees_close(ce, mean_of_per_example_backward(params, X, Y, activation), rtol=1e-11, atol=1e-13)
+
+
+def test_mlp_logits_and_grads_returns_the_forward_logits_and_mlp_grads(x64):
+    params, X, Y = random_mlp(4, [5, 6, 3], m=4)
+    logits, grads = mlp_logits_and_grads(params, X, Y, "tanh")
+    np.testing.assert_allclose(logits, jax.vmap(mlp_logits, in_axes=(None, 0, None))(params, X, jnp.tanh),
+                               rtol=1e-13, atol=1e-14)
+    assert_trees_close(grads, mlp_grads(params, X, Y, "tanh"), rtol=0, atol=0)
 
 
 def test_mlp_grads_match_finite_differences(x64):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnjax.backprop.cnn import cnn_grads, cnn_value_and_grads
+from nnjax.backprop.cnn import cnn_grads, cnn_logits_and_grads, cnn_value_and_grads
 from nnjax.layers.conv import conv2d
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import max_pool2d
@@ -127,6 +127,17 @@ def test_grads_match_autodiff_in_float64(x64, small_net):
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
         _assert_trees_close(grads, ref_grads, rtol=1e-8, atol=1e-11)
         _assert_trees_close(new_state, ref_state, rtol=1e-12)
+
+
+def test_logits_and_grads_give_the_training_forward_logits(x64, small_net):
+    params, state = _perturbed(7, *small_net)
+    X, Y = _batch(8, 4)
+    logits, new_state, grads = jax.jit(cnn_logits_and_grads)(params, state, X, Y)
+    expected, expected_state = jax.vmap(lambda x: cnn_apply(params, state, x, train=True),
+                                        axis_name="batch", out_axes=(0, None))(X)
+    np.testing.assert_allclose(logits, expected, rtol=1e-12, atol=1e-13)
+    _assert_trees_close(new_state, expected_state, rtol=1e-12)
+    _assert_trees_close(grads, cnn_grads(params, state, X, Y)[0], rtol=1e-12, atol=1e-14)
 
 
 _jit_cnn_grads = jax.jit(cnn_grads)

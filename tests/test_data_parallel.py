@@ -46,11 +46,10 @@ def test_use_host_cores_keeps_a_count_already_in_xla_flags(monkeypatch):
 
 def _one_step(model, grads, devices, params, state, data, batches):
     optimizer = optax.sgd(0.1)
-    mesh = training._mesh(devices)
-    carry = training._on_devices((params, optimizer.init(params), state, jnp.int32(0)), mesh)
-    data = training._Data(*training._on_devices(tuple(data), mesh))
+    carry = training.replicate((params, optimizer.init(params), state, jnp.int32(0)), devices)
+    data = training._Data(*training.replicate(tuple(data), devices))
     step = jax.jit(training.make_train_step(model, optimizer, grads, 0.1, devices))
-    return jax.device_get(step(carry, data, training._on_devices(batches, mesh)))
+    return jax.device_get(step(carry, data, training.replicate(batches, devices)))
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
@@ -71,3 +70,11 @@ def test_a_step_split_across_two_devices_equals_the_step_on_one(x64, kind, grads
     assert one[0][0] is not params  # the step moved the parameters
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one[0][0]), jax.tree.leaves(params)))
     assert moved > 1e-3
+
+
+def test_replicate_puts_a_copy_on_each_device():
+    tree = {"a": np.arange(6.0), "b": np.int32(3)}
+    on_two = training.replicate(tree, 2)
+    assert on_two["a"].sharding.device_set == set(jax.devices()[:2])
+    assert on_two["a"].sharding.is_fully_replicated
+    assert training.replicate(tree, 1)["a"].sharding.device_set == {jax.devices()[0]}
