@@ -399,19 +399,23 @@ def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
 
     ``"auto"`` uses every device of the backend where `DATA_PARALLEL_DEFAULTS` says data
     parallelism measured faster, else one; then the largest count that divides both batch
-    sizes (each device takes an equal share).
+    sizes (each device takes an equal share). On a CPU at most one device per core counts.
 
     Raises:
       ValueError: an int count larger than the devices there are, or not dividing the batch
         sizes.
     """
     available = len(jax.devices(backend))
+    if (backend or jax.default_backend()) == "cpu":
+        available = min(available, os.cpu_count() or 1)
     if requested == "auto":
         wanted = available if DATA_PARALLEL_DEFAULTS.get((model_kind, backend or jax.default_backend())) else 1
         return max(n for n in range(1, wanted + 1) if batch_size % n == 0 and eval_batch_size % n == 0)
     if requested > available:
         raise ValueError(f"train: devices={requested} but the {backend or jax.default_backend()} backend "
-                         f"has {available}; on a CPU call nnjax.training.use_host_cores() before JAX starts")
+                         f"has {available} usable; on a CPU call nnjax.training.use_host_cores() before JAX "
+                         f"starts (at most one device per core: each device's share needs its own thread "
+                         f"to meet the others in the cross-device reduction)")
     if batch_size % requested or eval_batch_size % requested:
         raise ValueError(f"train: devices={requested} must divide batch_size={batch_size} and "
                          f"eval_batch_size={eval_batch_size} (each device takes an equal share)")

@@ -21,10 +21,17 @@ def test_resolve_devices_follows_the_measured_table_and_the_batch():
     assert training.resolve_devices("auto", "mlp", 128, 1000, "cpu") == 1
     assert training.resolve_devices("auto", "cnn", 33, 1000, "cpu") == 1  # 2 does not divide 33
     assert training.resolve_devices(2, "mlp", 128, 1000, "cpu") == 2
-    with pytest.raises(ValueError, match=r"devices=3 but the cpu backend has 2; .*use_host_cores"):
+    with pytest.raises(ValueError, match=r"devices=3 but the cpu backend has 2 usable; .*use_host_cores"):
         training.resolve_devices(3, "cnn", 128, 1000, "cpu")
     with pytest.raises(ValueError, match=r"devices=2 must divide batch_size=33"):
         training.resolve_devices(2, "cnn", 33, 1000, "cpu")
+
+
+def test_no_more_cpu_devices_than_cores(monkeypatch):
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 1)
+    assert training.resolve_devices("auto", "cnn", 128, 1000, "cpu") == 1
+    with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable; .*one device per core"):
+        training.resolve_devices(2, "cnn", 128, 1000, "cpu")
 
 
 @pytest.mark.parametrize("devices", [0, -1, "two", 1.5, True])
