@@ -389,7 +389,7 @@ def use_host_cores(count: int | None = None) -> None:
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_force_host_platform_device_count" not in flags:
-        count = os.cpu_count() or 1 if count is None else check_positive_int("use_host_cores", "count", count)
+        count = (os.cpu_count() or 1) if count is None else check_positive_int("use_host_cores", "count", count)
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
@@ -405,14 +405,15 @@ def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
       ValueError: an int count larger than the devices there are, or not dividing the batch
         sizes.
     """
+    backend = backend or jax.default_backend()
     available = len(jax.devices(backend))
-    if (backend or jax.default_backend()) == "cpu":
+    if backend == "cpu":
         available = min(available, os.cpu_count() or 1)
     if requested == "auto":
-        wanted = available if DATA_PARALLEL_DEFAULTS.get((model_kind, backend or jax.default_backend())) else 1
+        wanted = available if DATA_PARALLEL_DEFAULTS.get((model_kind, backend)) else 1
         return max(n for n in range(1, wanted + 1) if batch_size % n == 0 and eval_batch_size % n == 0)
     if requested > available:
-        raise ValueError(f"train: devices={requested} but the {backend or jax.default_backend()} backend "
+        raise ValueError(f"train: devices={requested} but the {backend} backend "
                          f"has {available} usable; on a CPU call nnjax.training.use_host_cores() before JAX "
                          f"starts (at most one device per core: each device's share needs its own thread "
                          f"to meet the others in the cross-device reduction)")
@@ -427,25 +428,22 @@ def _mesh(devices: int) -> Mesh | None:
     return None if devices == 1 else Mesh(np.array(jax.devices()[:devices]), (DEVICE_AXIS,))
 
 
-def _on_devices(tree, mesh: Mesh | None):
-    """Puts `tree` on the default device, or replicated on every device of `mesh`."""
-    return jax.device_put(tree, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
-
-
 def replicate(tree, devices: int = 1):
     """Puts `tree` where a step of `make_train_step(..., devices=devices)` wants its data and
     carry: on the default device, or replicated on each of the first `devices` devices."""
-    return _on_devices(tree, _mesh(devices))
+    mesh = _mesh(devices)
+    return jax.device_put(tree, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
 
 
-def _split_batch(fn: Callable, mesh: Mesh | None, batch_args: int) -> Callable:
+def _split_batch(fn: Callable, devices: int, batch_args: int) -> Callable:
     """`fn(*replicated, *batch_args, device_axis)` as one call on the whole batch.
 
-    With a mesh, `fn` runs on each device under `shard_map` on its share of the last
+    With several devices, `fn` runs on each under `shard_map` on its share of the last
     `batch_args` arguments (split along their first axis) with ``device_axis=DEVICE_AXIS``,
-    and must return values already reduced across the devices (replicated). Without one, it
-    runs as is with ``device_axis=None``.
+    and must return values already reduced across the devices (replicated). On one device,
+    it runs as is with ``device_axis=None``.
     """
+    mesh = _mesh(devices)
     if mesh is None:
         return lambda *args: fn(*args, None)
 
@@ -521,7 +519,7 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation, grads
             correct = jax.lax.psum(correct, device_axis)
         return g, new_state, loss, correct
 
-    gradients = _split_batch(batch_gradients, _mesh(devices), batch_args=1)
+    gradients = _split_batch(batch_gradients, devices, batch_args=1)
 
     def step(carry, data, batches):
         params, opt_state, state, index = carry
@@ -560,7 +558,7 @@ def make_evaluate(model: Model, devices: int = 1) -> Callable:
         correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
         sums = jnp.sum(losses * mask), jnp.sum(correct * mask)
         return sums if device_axis is None else jax.lax.psum(sums, device_axis)
-    return _split_batch(evaluate_batch, _mesh(devices), batch_args=3)
+    return _split_batch(evaluate_batch, devices, batch_args=3)
 
 
 class _EvalSet(NamedTuple):
@@ -570,15 +568,15 @@ class _EvalSet(NamedTuple):
     size: int
 
 
-def _eval_set(images, labels, batch_size: int, mesh: Mesh | None = None) -> _EvalSet:
-    """Puts an evaluation set on the device (replicated on `mesh`'s), padded to a multiple of
-    `batch_size`."""
+def _eval_set(images, labels, batch_size: int, devices: int = 1) -> _EvalSet:
+    """Puts an evaluation set on the device (replicated on `devices` of them), padded to a
+    multiple of `batch_size`."""
     n = len(labels)
     pad = -n % batch_size
     images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
     labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
     mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return _EvalSet(*_on_devices((images, labels, mask), mesh), n)
+    return _EvalSet(*replicate((images, labels, mask), devices), n)
 
 
 def evaluate(evaluate_batch: Callable, params, state, eval_set: _EvalSet,
@@ -827,7 +825,7 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
 
     batches, seconds = _compile(permutation, run.shuffle_key)
     example_batches = batches(run.shuffle_key)
-    carry = _on_devices((run.params, run.opt_state, run.model_state, jnp.int32(0)), _mesh(devices))
+    carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
     step = make_train_step(model, optimizer, config.grads, config.label_smoothing, devices)
     steps_per_call = _scan_chunk_length(steps) if epoch_mode == "scan" else 1
     epoch_part = _scan_chunk(step, steps_per_call) if epoch_mode == "scan" else step
@@ -913,17 +911,16 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
                          f"{len(splits.train_labels)} examples")
     epoch_mode = resolve_epoch_mode(config.epoch_mode, model.kind)
     devices = resolve_devices(config.devices, model.kind, config.batch_size, config.eval_batch_size)
-    mesh = _mesh(devices)
     optimizer = make_optimizer(config)
     run = _initial_state(model, optimizer, config, out_dir, resume, log)
-    run = run._replace(**dict(zip(("params", "opt_state", "model_state", "shuffle_key"),
-                                  _on_devices(run[:4], mesh))))
+    params, opt_state, model_state, shuffle_key = replicate(run[:4], devices)
+    run = run._replace(params=params, opt_state=opt_state, model_state=model_state, shuffle_key=shuffle_key)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         _remove_stale_temporary_files(out_dir)
 
-    data = _Data(*_on_devices((splits.train_images, splits.train_labels), mesh))
-    eval_set = _eval_set(splits.eval_images, splits.eval_labels, config.eval_batch_size, mesh)
+    data = _Data(*replicate((splits.train_images, splits.train_labels), devices))
+    eval_set = _eval_set(splits.eval_images, splits.eval_labels, config.eval_batch_size, devices)
     compiled = _compile_run(model, optimizer, config, epoch_mode, devices, run, data, eval_set)
     log(f"compiled in {compiled.seconds:.1f}s ({epoch_mode} epochs, {config.grads} gradients, "
         f"{_device_name()}, {_devices_note(devices)})")
@@ -942,7 +939,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         with tqdm(total=samples, unit="img", unit_scale=True, leave=False,
                   desc=f"epoch {epoch}/{config.epochs}", disable=not progress) as bar:
             carry, losses, corrects = _run_epoch(
-                compiled, _on_devices((params, opt_state, model_state, jnp.int32(0)), mesh), data,
+                compiled, replicate((params, opt_state, model_state, jnp.int32(0)), devices), data,
                 batches, config.batch_size, bar)
         params, opt_state, model_state, _ = carry
         train_seconds = time.perf_counter() - start
@@ -976,7 +973,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     if splits.eval_name == "test":
         test_loss, test_accuracy = history[-1]["test_loss"], history[-1]["test_accuracy"]
     else:
-        test_set = _eval_set(splits.test_images, splits.test_labels, config.eval_batch_size, mesh)
+        test_set = _eval_set(splits.test_images, splits.test_labels, config.eval_batch_size, devices)
         test_loss, test_accuracy = evaluate(compiled.evaluate, params, model_state, test_set,
                                             config.eval_batch_size)
     train_time = sum(r["train_time_s"] for r in history)

@@ -45,7 +45,7 @@ from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv_output_size
 from nnjax.layers.dense import dense
-from nnjax.layers.layout import to_channels_first
+from nnjax.layers.layout import to_channels_first, to_channels_last
 from nnjax.layers.normalization import batch_norm
 from nnjax.losses import softmax_cross_entropy
 
@@ -149,7 +149,7 @@ def _forward(fn: str, params, state, x, train, axis_name):
     """`cnn_forward` with the feature maps channels-last (H, W, C) in the cache, naming the
     public function `fn` in error messages."""
     n = _check_input(fn, params, state, x)
-    cache, new_state, h = {}, {}, jnp.moveaxis(x, 0, -1)
+    cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     for i in range(1, n + 1):
         cache[f"conv{i}"] = _conv(params[f"conv{i}"], h)
         cache[f"bn{i}"], new_state[f"bn{i}"] = batch_norm(
@@ -157,7 +157,7 @@ def _forward(fn: str, params, state, x, train, axis_name):
             layout=_LAYOUT)
         cache[f"relu{i}"] = relu(cache[f"bn{i}"])
         h = cache[f"pool{i}"] = max_pool2d_fast(cache[f"relu{i}"], POOL_WINDOW, layout=_LAYOUT)
-    cache["flat"] = jnp.moveaxis(h, -1, 0).reshape(-1)
+    cache["flat"] = to_channels_first(h, _LAYOUT).reshape(-1)
     cache["dense1"] = dense(params["dense1"], cache["flat"])
     cache["hidden"] = relu(cache["dense1"])
     cache["logits"] = dense(params["dense2"], cache["hidden"])
@@ -256,8 +256,8 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     delta = activation_backward("relu", cache["dense1"], delta)
     grads["dense1"], delta = _dense_batch_backward(params["dense1"], cache["flat"], delta)
     m, h, w, c = cache[f"pool{num_blocks}"].shape
-    delta = jnp.moveaxis(delta.reshape(m, c, h, w), 1, -1)
-    grads.update(_blocks_backward(params, jnp.moveaxis(X, 1, -1), cache, delta, num_blocks, axes))
+    delta = to_channels_last(delta.reshape(m, c, h, w), "CHW")
+    grads.update(_blocks_backward(params, to_channels_last(X, "CHW"), cache, delta, num_blocks, axes))
     return logits, new_state, grads
 
 

@@ -37,7 +37,7 @@ from jax import lax
 
 from nnjax._checks import check_shape
 from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col
-from nnjax.layers.layout import image_shape, spatial_axes, to_channels_first
+from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
 
@@ -130,7 +130,7 @@ def conv2d_backward(params, x, delta, stride=1, padding="valid", layout="CHW"):
     fn = "conv2d_backward"
     W, _, x, stride, pads = check_conv_args(fn, params, x, stride, padding, layout)
     c_out = W.shape[0]
-    in_hw = tuple(x.shape[a] for a in spatial_axes(layout))
+    in_hw = spatial_shape(x, layout)
     out_hw = conv_output_shape(in_hw, W.shape[2:], stride, pads)
     check_shape(fn, "delta", delta, image_shape(c_out, *out_hw, layout),
                 f" = ({', '.join(layout)}), the output of conv2d for x {x.shape} and W {W.shape}")

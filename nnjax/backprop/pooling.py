@@ -23,7 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.layout import channel_axis, image_shape, spatial_axes
+from nnjax.layers.layout import (
+    channel_axis, from_channels_last, image_shape, spatial_axes, spatial_shape, to_channels_last,
+)
 from nnjax.layers.pooling import check_pool_args, pool_output_shape, window_views
 
 __all__ = ["max_pool2d_argmax", "max_pool2d_backward", "avg_pool2d_backward"]
@@ -32,16 +34,8 @@ _SPATIAL = (0, 1)
 """The spatial axes of a channels-last (H, W, C) array."""
 
 
-def _channels_last(x, layout):
-    return jnp.moveaxis(x, 0, -1) if layout == "CHW" else x
-
-
-def _from_channels_last(x, layout):
-    return jnp.moveaxis(x, -1, 0) if layout == "CHW" else x
-
-
 def _check_delta(fn: str, x, delta, window, stride, layout):
-    out_hw = pool_output_shape([x.shape[a] for a in spatial_axes(layout)], window, stride)
+    out_hw = pool_output_shape(spatial_shape(x, layout), window, stride)
     channels = x.shape[channel_axis(layout)]
     check_shape(fn, "delta", delta, image_shape(channels, *out_hw, layout),
                 f" = ({', '.join(layout)}) with H', W' the pooling output for x of shape {x.shape}")
@@ -109,12 +103,12 @@ def max_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
     """
     x, window, stride = check_pool_args("max_pool2d_backward", x, window, stride, layout)
     delta = _check_delta("max_pool2d_backward", x, delta, window, stride, layout)
-    x_last, delta_last = _channels_last(x, layout), _channels_last(delta, layout)
+    x_last, delta_last = to_channels_last(x, layout), to_channels_last(delta, layout)
     winner = _first_argmax(window_views(x_last, window, stride, _SPATIAL))
     zero = jnp.zeros((), delta.dtype)
     parts = [_scatter_view(jnp.where(winner == t, delta_last, zero), x_last.shape[:2], offset, stride)
              for t, offset in enumerate(_offsets(window))]
-    return _from_channels_last(sum(parts[1:], parts[0]), layout)
+    return from_channels_last(sum(parts[1:], parts[0]), layout)
 
 
 def avg_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
@@ -131,7 +125,6 @@ def avg_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
     """
     x, window, stride = check_pool_args("avg_pool2d_backward", x, window, stride, layout)
     delta = _check_delta("avg_pool2d_backward", x, delta, window, stride, layout)
-    share = _channels_last(delta, layout) / (window[0] * window[1])
-    in_hw = [x.shape[a] for a in spatial_axes(layout)]
-    parts = [_scatter_view(share, in_hw, offset, stride) for offset in _offsets(window)]
-    return _from_channels_last(sum(parts[1:], parts[0]), layout)
+    share = to_channels_last(delta, layout) / (window[0] * window[1])
+    parts = [_scatter_view(share, spatial_shape(x, layout), offset, stride) for offset in _offsets(window)]
+    return from_channels_last(sum(parts[1:], parts[0]), layout)

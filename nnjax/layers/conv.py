@@ -25,7 +25,7 @@ from jax import lax
 
 from nnjax._checks import as_pair, check_choice, check_float_array, check_positive_int, check_rank, check_shape
 from nnjax.layers.dense import init_weights
-from nnjax.layers.layout import channel_axis, check_layout, spatial_axes
+from nnjax.layers.layout import channel_axis, check_layout, spatial_shape
 
 __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
@@ -174,7 +174,7 @@ def check_conv_args(fn: str, params, x, stride, padding, layout="CHW"):
                                       f"channels must equal C_in = {c_in} of W {W.shape}")
     check_shape(fn, "b", b, (c_out,), f" = (C_out,) to match W of shape {W.shape}")
     stride = as_pair(fn, "stride", stride)
-    in_hw = tuple(x.shape[a] for a in spatial_axes(layout))
+    in_hw = spatial_shape(x, layout)
     pads = conv_padding(in_hw, (kh, kw), stride, padding, fn)
     _check_kernel_fits(fn, in_hw, (kh, kw), pads)
     dtype = jnp.result_type(x, W)

@@ -13,9 +13,12 @@ Parameters never change with the layout: a conv kernel is always W (C_out, C_in,
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from nnjax._checks import check_choice
 
-__all__ = ["LAYOUTS", "check_layout", "channel_axis", "spatial_axes", "image_shape", "to_channels_first"]
+__all__ = ["LAYOUTS", "check_layout", "channel_axis", "spatial_axes", "spatial_shape", "image_shape",
+           "to_channels_first", "to_channels_last", "from_channels_last"]
 
 LAYOUTS = ("CHW", "HWC")
 """One image as (channels, height, width), the chapter's default, or (height, width, channels)."""
@@ -37,6 +40,11 @@ def spatial_axes(layout: str) -> tuple[int, int]:
     return (1, 2) if layout == "CHW" else (0, 1)
 
 
+def spatial_shape(x, layout: str) -> tuple[int, int]:
+    """(H, W) of one image `x` in `layout`."""
+    return tuple(x.shape[a] for a in spatial_axes(layout))
+
+
 def image_shape(channels: int, height: int, width: int, layout: str) -> tuple[int, int, int]:
     """The shape of one image of that size in `layout`."""
     return (channels, height, width) if layout == "CHW" else (height, width, channels)
@@ -44,4 +52,14 @@ def image_shape(channels: int, height: int, width: int, layout: str) -> tuple[in
 
 def to_channels_first(x, layout: str):
     """One image (or a batch, leading axes kept) from `layout` to (C, H, W)."""
-    return x if layout == "CHW" else x.swapaxes(-1, -3).swapaxes(-1, -2)
+    return x if layout == "CHW" else jnp.moveaxis(x, -1, -3)
+
+
+def to_channels_last(x, layout: str):
+    """One image (or a batch, leading axes kept) from `layout` to (H, W, C)."""
+    return x if layout == "HWC" else jnp.moveaxis(x, -3, -1)
+
+
+def from_channels_last(x, layout: str):
+    """One image (or a batch) from (H, W, C) to `layout`."""
+    return to_channels_first(x, "HWC") if layout == "CHW" else x

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import as_pair, check_float_array, check_rank
-from nnjax.layers.layout import check_layout, spatial_axes
+from nnjax.layers.layout import check_layout, spatial_axes, spatial_shape
 
 __all__ = ["pool_output_shape", "window_views", "max_pool2d", "avg_pool2d"]
 
@@ -45,7 +45,7 @@ def check_pool_args(fn: str, x, window, stride, layout="CHW"):
     check_rank(fn, "x", x, 3, f"one example ({', '.join(layout)}); batch with jax.vmap")
     window = as_pair(fn, "window", window)
     stride = window if stride is None else as_pair(fn, "stride", stride)
-    in_hw = tuple(x.shape[a] for a in spatial_axes(layout))
+    in_hw = spatial_shape(x, layout)
     if window[0] > in_hw[0] or window[1] > in_hw[1]:
         raise ValueError(
             f"{fn}: window {window} is larger than the input's spatial size {in_hw} "
