@@ -52,7 +52,7 @@ from nnjax.backprop import cnn_logits_and_grads, mlp_logits_and_grads
 from nnjax.data import load_mnist
 from nnjax.gradcheck import compare
 from nnjax.losses import softmax_cross_entropy
-from nnjax.network import cnn_apply, cnn_init, mlp_init, mlp_logits
+from nnjax.network import cnn_apply_batch, cnn_init, mlp_init, mlp_logits
 
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
@@ -207,10 +207,7 @@ def cnn_model(channels=(32, 64), hidden=128) -> Model:
         return cnn_init(key, channels=channels, hidden=hidden)
 
     def apply(params, state, inputs, train, device_axis=None):
-        axes = "batch" if device_axis is None else ("batch", device_axis)
-        per_example = lambda x: cnn_apply(params, state, x, train=train, axis_name=axes)
-        logits, new_state = jax.vmap(per_example, axis_name="batch", out_axes=(0, None))(inputs)
-        return logits, new_state
+        return cnn_apply_batch(params, state, inputs, train=train, device_axis=device_axis)
 
     def manual_grads(params, state, inputs, targets, device_axis=None):
         logits, new_state, grads = cnn_logits_and_grads(params, state, inputs, targets,

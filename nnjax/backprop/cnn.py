@@ -40,7 +40,7 @@ from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
-from nnjax.backprop.custom_vjp import max_pool2d_fast
+from nnjax.backprop.custom_vjp import conv2d_batch_fast, max_pool2d_fast
 from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv_output_size
@@ -145,22 +145,45 @@ def _conv(params, x):
     return conv2d(params, x, layout=_LAYOUT)
 
 
-def _forward(fn: str, params, state, x, train, axis_name):
+def _per_example(f, out_axes=0):
+    return f
+
+
+def _vmapped(f, out_axes=0):
+    return jax.vmap(f, axis_name=_AXIS, out_axes=out_axes)
+
+
+def _conv_batch(params, X):
+    """`conv2d_batch_fast` on a channels-last batch: chunked im2col products forward and for
+    dW under autodiff (`nnjax.layers.conv.BATCH_CHUNK` has the measurements)."""
+    return conv2d_batch_fast(params, X, layout=_LAYOUT)
+
+
+def _forward(fn: str, params, state, x, train, axis_name, batch=False):
     """`cnn_forward` with the feature maps channels-last (H, W, C) in the cache, naming the
-    public function `fn` in error messages."""
-    n = _check_input(fn, params, state, x)
+    public function `fn` in error messages.
+
+    With batch=True, x is a batch (m, C, H, W) and every cached value gets a leading batch
+    axis: the convolutions run batch-level (`_conv_batch`) and the other layers per example
+    under `jax.vmap` (batch norm's statistics over the axis named "batch").
+    """
+    each, conv = (_vmapped, _conv_batch) if batch else (_per_example, _conv)
+    if batch:
+        x = check_float_array(fn, "X", x)
+        check_rank(fn, "X", x, 4, "a batch (m, C, H, W); for one image use cnn_apply")
+    n = _check_input(fn, params, state, x[0] if batch else x)
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     for i in range(1, n + 1):
-        cache[f"conv{i}"] = _conv(params[f"conv{i}"], h)
-        cache[f"bn{i}"], new_state[f"bn{i}"] = batch_norm(
-            params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"], train=train, axis_name=axis_name,
-            layout=_LAYOUT)
+        cache[f"conv{i}"] = conv(params[f"conv{i}"], h)
+        cache[f"bn{i}"], new_state[f"bn{i}"] = each(
+            lambda z: batch_norm(params[f"bn{i}"], state[f"bn{i}"], z, train=train, axis_name=axis_name,
+                                 layout=_LAYOUT), out_axes=(0, None))(cache[f"conv{i}"])
         cache[f"relu{i}"] = relu(cache[f"bn{i}"])
-        h = cache[f"pool{i}"] = max_pool2d_fast(cache[f"relu{i}"], POOL_WINDOW, layout=_LAYOUT)
-    cache["flat"] = to_channels_first(h, _LAYOUT).reshape(-1)
-    cache["dense1"] = dense(params["dense1"], cache["flat"])
+        h = cache[f"pool{i}"] = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))(cache[f"relu{i}"])
+    cache["flat"] = each(lambda p: to_channels_first(p, _LAYOUT).reshape(-1))(h)
+    cache["dense1"] = each(lambda f: dense(params["dense1"], f))(cache["flat"])
     cache["hidden"] = relu(cache["dense1"])
-    cache["logits"] = dense(params["dense2"], cache["hidden"])
+    cache["logits"] = each(lambda a: dense(params["dense2"], a))(cache["hidden"])
     return cache["logits"], (new_state if train else state), cache
 
 
@@ -247,9 +270,7 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     X = X.astype(jnp.result_type(X, params["conv1"]["W"]))
     num_blocks = cnn_num_blocks(params)
     axes = _AXIS if device_axis is None else (_AXIS, device_axis)
-    logits, new_state, cache = jax.vmap(
-        lambda x: _forward("cnn_grads", params, state, x, True, axes),
-        axis_name=_AXIS, out_axes=(0, None, 0))(X)
+    logits, new_state, cache = _forward("cnn_grads", params, state, X, True, axes, batch=True)
     grads = {}
     delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
     grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)

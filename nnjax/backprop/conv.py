@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col
-from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first
+from nnjax.layers.conv import BATCH_CHUNK, batch_patches, check_conv_args, conv_output_shape, im2col, sum_chunks
+from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
 
@@ -52,14 +52,15 @@ _BATCH_LAYOUTS = {"CHW": "NCHW", "HWC": "NHWC"}
 """The batch layout of `conv2d_weight_grad` / `conv2d_input_grad` for each image layout."""
 
 
-def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW"):
-    """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)), ONE convolution.
+def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int = BATCH_CHUNK):
+    """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)), as im2col products.
 
-    dW_{o,c,m,n} = sum_{examples} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+n}: a convolution
-    whose "batch" axis is c, whose contracted feature axis is the example index, and whose
-    kernel is delta dilated by the stride (`rhs_dilation`), on the input padded by `pads` less
-    the rows no window reaches (so the result is exactly (kh, kw)). The per-example weight
-    gradients are never materialized.
+    dW_{o,c,m,k} = sum_{examples} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+k}: with the patches
+    of each example as rows (`nnjax.layers.conv.batch_patches`, one row per output pixel), that
+    is patches^T @ delta_mat, the examples and pixels contracted in one matrix product per
+    chunk of `chunk` examples (`sum_chunks`). The per-example weight gradients are never
+    materialized. (As ONE `lax.conv_general_dilated` with the example index as its contracted
+    feature axis, the same sum ran 3 to 8 times slower on CPU: `BATCH_CHUNK`.)
 
     Args:
       X: (N, C_in, H, W) layer inputs ((N, H, W, C_in) with layout="HWC").
@@ -68,17 +69,20 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW"):
       stride: (sh, sw).
       pads: ((top, bottom), (left, right)), as `nnjax.layers.conv_padding` resolves them.
       layout: "CHW" or "HWC", the layout of each example.
+      chunk: examples per matrix product.
 
     Returns:
       dW: (C_out, C_in, kh, kw).
     """
-    spatial = (2, 3) if layout == "CHW" else (1, 2)
-    in_hw, out_hw = [X.shape[a] for a in spatial], [delta.shape[a] for a in spatial]
-    unused = _unused_rows(in_hw, kernel_hw, stride, pads, out_hw)
-    padding = [(lo, hi - u) for (lo, hi), u in zip(pads, unused)]
-    numbers = ("CNHW", "IOHW", "CNHW") if layout == "CHW" else ("CHWN", "IHWO", "CNHW")
-    return lax.conv_general_dilated(X, delta, window_strides=(1, 1), padding=padding,
-                                    rhs_dilation=stride, dimension_numbers=numbers)
+    X, delta = to_channels_last(X, layout), to_channels_last(delta, layout)
+    (kh, kw), c_in, c_out = kernel_hw, X.shape[-1], delta.shape[-1]
+
+    def chunk_grad(Xc, Dc):
+        patches = batch_patches(Xc, kernel_hw, stride, pads)
+        return patches.reshape(-1, patches.shape[-1]).T @ Dc.reshape(-1, c_out)
+
+    dW_mat = sum_chunks(chunk_grad, [X, delta], chunk)
+    return dW_mat.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
 
 
 def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):

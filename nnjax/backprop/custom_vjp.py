@@ -31,12 +31,15 @@ from functools import partial
 
 import jax
 
-from nnjax.backprop.conv import conv2d_backward
+import jax.numpy as jnp
+
+from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_weight_grad
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
-from nnjax.layers.conv import check_conv_args, conv2d
+from nnjax.layers.conv import BATCH_CHUNK, check_conv_args, check_conv_batch_args, conv2d, conv2d_batch
+from nnjax.layers.layout import channel_axis, spatial_shape
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d
 
-__all__ = ["conv2d_fast", "max_pool2d_fast", "avg_pool2d_fast"]
+__all__ = ["conv2d_fast", "conv2d_batch_fast", "max_pool2d_fast", "avg_pool2d_fast"]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -68,6 +71,38 @@ def conv2d_fast(params, x, stride=1, padding="valid", layout="CHW"):
     """
     W, b, x, stride, pads = check_conv_args("conv2d_fast", params, x, stride, padding, layout)
     return _conv2d(stride, pads, layout, {"W": W, "b": b}, x)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _conv2d_batch(stride, pads, layout, chunk, params, X):
+    return conv2d_batch(params, X, stride, pads, layout, chunk)
+
+
+def _conv2d_batch_forward(stride, pads, layout, chunk, params, X):
+    return conv2d_batch(params, X, stride, pads, layout, chunk), (params["W"], X)
+
+
+def _conv2d_batch_backward(stride, pads, layout, chunk, residuals, delta):
+    W, X = residuals
+    c = channel_axis(layout) + 1
+    grads = {"W": conv2d_weight_grad(X, delta, W.shape[2:], stride, pads, layout, chunk),
+             "b": jnp.sum(delta, axis=tuple(a for a in range(4) if a != c))}
+    return grads, conv2d_input_grad(W, delta, spatial_shape(X[0], layout), stride, pads, layout)
+
+
+_conv2d_batch.defvjp(_conv2d_batch_forward, _conv2d_batch_backward)
+
+
+def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk: int = BATCH_CHUNK):
+    """`nnjax.layers.conv2d_batch` (a whole batch) whose gradient is hand-derived at batch level.
+
+    Same arguments, checks and result as `conv2d_batch`. Under `jax.grad`: dW from
+    `conv2d_weight_grad` (chunked im2col products, the batch contracted), db the sum of delta
+    over examples and pixels, dX from `conv2d_input_grad` (one convolution). The CNN's
+    training step runs its convolutions through this (`nnjax.network.cnn_apply_batch`).
+    """
+    W, b, X, stride, pads = check_conv_batch_args("conv2d_batch_fast", params, X, stride, padding, layout)
+    return _conv2d_batch(stride, pads, layout, chunk, {"W": W, "b": b}, X)
 
 
 def _pool_vjp(forward, backward):

@@ -35,7 +35,7 @@ from nnjax.layers.normalization import batch_norm_init
 from nnjax.losses import softmax_cross_entropy
 
 # cnn_forward and cnn_num_blocks are nnjax.backprop's, listed here with the network too.
-__all__ = ["cnn_init", "cnn_apply", "cnn_loss", "cnn_forward", "cnn_num_blocks"]
+__all__ = ["cnn_init", "cnn_apply", "cnn_apply_batch", "cnn_loss", "cnn_forward", "cnn_num_blocks"]
 
 
 def cnn_init(key, in_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10, kernel_size=3,
@@ -101,6 +101,30 @@ def cnn_apply(params, state, x, *, train, axis_name="batch"):
     return logits, new_state
 
 
+def cnn_apply_batch(params, state, X, *, train, device_axis=None):
+    """Logits of a batch of images: `cnn_apply` under `jax.vmap(..., axis_name="batch")`, with
+    the convolutions run on the whole batch.
+
+    The same values as vmapping `cnn_apply`. Every layer but the convolutions runs per
+    example under `jax.vmap`; each convolution is `nnjax.backprop.conv2d_batch_fast`, chunked
+    im2col matrix products whose gradient under `jax.grad` is the hand-derived batch-level
+    one (dW with the batch contracted). `cnn_loss` and the training code use this.
+
+    Args:
+      params, state: as `cnn_init` returns.
+      X: images (m, C, H, W).
+      train: batch statistics and a state update (True) or the running statistics (False).
+      device_axis: the name of an enclosing `shard_map`/`pmap` axis over which the batch is
+        split, or None: batch norm's statistics then span every device's examples.
+
+    Returns:
+      (logits (m, K), new_state).
+    """
+    axes = "batch" if device_axis is None else ("batch", device_axis)
+    logits, new_state, _ = _forward("cnn_apply_batch", params, state, X, train, axes, batch=True)
+    return logits, new_state
+
+
 def cnn_loss(params, state, X, Y, *, train=True):
     """Mean softmax cross-entropy over a batch: L = 1/m sum_i -sum_k y_ik log softmax(z_i)_k.
 
@@ -115,6 +139,5 @@ def cnn_loss(params, state, X, Y, *, train=True):
       `nnjax.backprop.cnn_grads` derives by hand.
     """
     X = check_cnn_batch("cnn_loss", params, X, Y)
-    logits, new_state = jax.vmap(lambda x: cnn_apply(params, state, x, train=train, axis_name="batch"),
-                                 axis_name="batch", out_axes=(0, None))(X)
+    logits, new_state = cnn_apply_batch(params, state, X, train=train)
     return jnp.mean(softmax_cross_entropy(logits, Y)), new_state
