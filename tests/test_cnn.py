@@ -10,7 +10,7 @@ from nnjax.backprop.cnn import cnn_grads, cnn_logits_and_grads, cnn_value_and_gr
 from nnjax.layers.conv import conv2d
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import max_pool2d
-from nnjax.network.cnn import cnn_apply, cnn_forward, cnn_init, cnn_loss
+from nnjax.network.cnn import cnn_apply, cnn_apply_batch, cnn_forward, cnn_init, cnn_loss
 
 SMALL = dict(in_shape=(2, 14, 12), channels=(3, 4), hidden=6, classes=5)
 
@@ -86,6 +86,24 @@ def test_eval_forward_is_the_composition_of_the_layers(small_net):
     logits, new_state = jax.jit(lambda p, s, x: cnn_apply(p, s, x, train=False))(params, state, x)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     jax.tree.map(np.testing.assert_array_equal, new_state, state)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_apply_batch_equals_vmapped_apply(x64, small_net, train):
+    params, state = _perturbed(2, *small_net)
+    X, _ = _batch(4, 5)
+
+    @jax.jit
+    def both(params, state, X):
+        per_example = jax.vmap(lambda x: cnn_apply(params, state, x, train=train),
+                               axis_name="batch", out_axes=(0, None))(X)
+        return per_example, cnn_apply_batch(params, state, X, train=train)
+
+    (expected, expected_state), (logits, new_state) = both(params, state, X)
+    np.testing.assert_allclose(logits, expected, rtol=1e-12, atol=1e-12)
+    _assert_trees_close(new_state, expected_state, rtol=1e-12)
+    with pytest.raises(AssertionError, match=r"cnn_apply_batch: X has shape \(2, 14, 12\).*rank 4"):
+        cnn_apply_batch(params, state, X[0], train=train)
 
 
 def _reference_loss(params, state, X, Y):

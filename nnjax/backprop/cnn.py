@@ -22,11 +22,12 @@ delta = dL/d(each output), for L = 1/m sum_i softmax_cross_entropy(logits_i, y_i
 
 Every step runs on the whole batch, so the parameter gradients are never materialized per
 example: the dense layers as dW = Delta^T A (the m outer products delta a^T summed by one
-matrix product), the convolutions with `conv2d_weight_grad` / `conv2d_input_grad` (one
-convolution each, the batch contracted inside). Pooling and batch norm run their per-example
-backward under `jax.vmap` (batch norm's with the named batch axis, for the batch means).
-Measured on CPU at batch 128, this is faster than vmapping `conv2d_backward` and summing
-(about 15% per step).
+matrix product), the convolutions with `conv2d_weight_grad` (chunked im2col products, the
+batch contracted inside) and `conv2d_input_grad` (one convolution). Pooling and batch norm
+run their per-example backward under `jax.vmap` (batch norm's with the named batch axis, for
+the batch means). The forward of a batch (`_forward(..., batch=True)`, which
+`nnjax.network.cnn_apply_batch` and the training code share) runs the convolutions
+batch-level too (`conv2d_batch_fast`) and every other layer per example under `jax.vmap`.
 
 The network's own functions (`nnjax.network.cnn_init`, `cnn_apply`, `cnn_loss`) build on
 `cnn_forward`; it lives here, below the network, as the first half of backpropagation.
@@ -137,10 +138,7 @@ def check_cnn_batch(fn: str, params, X, Y):
 
 
 def _conv(params, x):
-    """`conv2d` on a channels-last image. Autodiff of it (the batch contracted inside XLA's
-    convolutions) measured faster in this network than `conv2d_fast`'s per-example
-    hand-derived backward: on a 2-core CPU at batch 128, split across two devices, 71-76 ms
-    per autodiff step against 74-82 ms with `conv2d_fast` for conv1. Every pool runs as
+    """`conv2d` on ONE channels-last image (`cnn_forward`, `cnn_apply`). Every pool runs as
     `max_pool2d_fast` (the hand-derived mask backward)."""
     return conv2d(params, x, layout=_LAYOUT)
 

@@ -17,18 +17,15 @@ Differentiating the sum term by term with the upstream delta_{o,i,j} = dL/dz_{o,
     dL/dx           = dL/dP with the padding cropped off.
 
 Two forms of the same formulas:
-- Batch level, `conv2d_weight_grad` and `conv2d_input_grad`: ONE `lax.conv_general_dilated`
-  each over a whole batch (for dW the example index is contracted inside the convolution, so
-  per-example weight gradients are never materialized). For callers that hold the batch.
+- Batch level, `conv2d_weight_grad` and `conv2d_input_grad`, for callers that hold the batch.
+  dW is patches^T @ delta_mat with one row per (example, output pixel): the example index is
+  contracted inside the matrix product, run over chunks of examples so the patches stay in
+  the caches (`nnjax.layers.conv.BATCH_CHUNK`), and the per-example weight gradients are never
+  materialized. dx is ONE `lax.conv_general_dilated` over the batch.
 - Per example, `conv2d_backward` (the layer contract). The patch P_{c, i*s+m, j*s+n} is entry
   ((c, m, n), (i, j)) of `im2col(x)`, so the dW correlation is one matrix product,
   dW_mat = delta_mat @ im2col(x)^T with delta_mat of shape (C_out, H'*W'). Under `jax.vmap`
-  that becomes one batched matrix product then a sum over the batch, which XLA runs as fast
-  as the batch-level convolution or faster, where vmapping the `lax` correlation would give a
-  grouped convolution. Measured on a 2-core CPU (CPU time of dW and db, plus dx for the
-  second layer; vmapped `conv2d_backward` against the batch-level functions): conv 1->32 on
-  28x28, 4.6 against 13.8 ms at batch 128, 51 against 314 ms at batch 1024; conv 32->64 on
-  13x13, 40 against 40 ms at batch 128, 692 against 787 ms at batch 1024.
+  that becomes one batched matrix product then a sum over the batch.
 """
 from __future__ import annotations
 

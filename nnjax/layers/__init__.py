@@ -1,6 +1,8 @@
 """Layers, one module per chapter section; each layer is a pair `*_init(key, ...)` / `name(params, x)`.
 
 Every layer maps ONE example; batch it with `jax.vmap(layer, in_axes=(None, 0))(params, X)`.
+`conv2d_batch` is the convolution written for a whole batch (chunked im2col products), for
+training steps that hold one; it equals the vmapped `conv2d`.
 """
 from nnjax.layers.perceptron import *  # noqa: F401,F403  "The Perceptron", "The Neuron Model"
 from nnjax.layers.dense import *  # noqa: F401,F403  "Weight Matrix and Bias Vector"

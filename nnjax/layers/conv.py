@@ -317,9 +317,8 @@ def sum_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
     count, blocks, rest = _split_chunks(arrays, chunk)
     if count <= 1:
         return fn(*arrays)
-    first = fn(*[b[0] for b in blocks])
-    total, _ = lax.scan(lambda acc, block: (jax.tree.map(jnp.add, acc, fn(*block)), None),
-                        first, [b[1:] for b in blocks])
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *[b[0] for b in blocks]))
+    total, _ = lax.scan(lambda acc, block: (jax.tree.map(jnp.add, acc, fn(*block)), None), zeros, blocks)
     return total if rest[0].shape[0] == 0 else jax.tree.map(jnp.add, total, fn(*rest))
 
 

@@ -1,0 +1,109 @@
+"""Tests for the batch-level convolution: `conv2d_batch` (chunked im2col products),
+`conv2d_batch_fast` (its hand-derived gradient through `jax.custom_vjp`), the chunking helpers
+and the chunked `conv2d_weight_grad`.
+
+Each is checked against the per-example layer under `jax.vmap` (forward) and `jax.vjp` of
+it (gradients, float64), with batch sizes that leave a remainder after the chunks.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
+from nnjax.backprop.custom_vjp import conv2d_batch_fast
+from nnjax.layers.conv import (
+    batch_patches, conv2d, conv2d_batch, conv_padding, kernel_matrix, map_chunks, sum_chunks,
+)
+
+CASES = [(1, "valid"), (2, "same"), ((1, 2), (2, 1))]
+"""(stride, padding): with stride 2 on 7 rows some rows are reached by no window."""
+
+
+def make_batch(m, layout, dtype=jnp.float32, c_in=2, c_out=3, hw=(7, 10), seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (m, c_in) + hw if layout == "CHW" else (m,) + hw + (c_in,)
+    params = {"W": jnp.asarray(rng.normal(size=(c_out, c_in, 3, 3)), dtype),
+              "b": jnp.asarray(rng.normal(size=(c_out,)), dtype)}
+    return params, jnp.asarray(rng.normal(size=shape), dtype)
+
+
+def vmapped_conv(params, X, stride, padding, layout):
+    return jax.vmap(lambda x: conv2d(params, x, stride, padding, layout))(X)
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+@pytest.mark.parametrize("stride,padding", CASES)
+@pytest.mark.parametrize("m,chunk", [(10, 4), (8, 4), (3, 4), (1, 64)])
+def test_conv2d_batch_equals_vmapped_conv2d(layout, stride, padding, m, chunk):
+    params, X = make_batch(m, layout)
+    expected = vmapped_conv(params, X, stride, padding, layout)
+    got = jax.jit(lambda p, X: conv2d_batch(p, X, stride, padding, layout, chunk))(params, X)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_patches_rows_are_receptive_fields():
+    _, X = make_batch(2, "HWC")
+    pads = ((1, 0), (0, 2))
+    patches = batch_patches(X, (3, 3), (2, 1), pads)
+    Xp = np.pad(np.asarray(X), ((0, 0),) + pads + ((0, 0),))
+    n, i, j = 1, 2, 4
+    window = Xp[n, 2 * i:2 * i + 3, j:j + 3, :]  # (m, k, c), the order of kernel_matrix's rows
+    np.testing.assert_array_equal(patches[n, i, j], window.reshape(-1))
+    W = jnp.arange(2 * 2 * 3 * 3, dtype=jnp.float32).reshape(2, 2, 3, 3)
+    np.testing.assert_array_equal(kernel_matrix(W)[:, 1], W[1].transpose(1, 2, 0).reshape(-1))
+
+
+@pytest.mark.parametrize("m", [12, 10, 3])
+def test_map_and_sum_chunks_equal_one_call(m):
+    rng = np.random.default_rng(1)
+    A, B = jnp.asarray(rng.normal(size=(m, 5))), jnp.asarray(rng.normal(size=(m, 5)))
+    mapped = jax.jit(lambda A, B: map_chunks(lambda a, b: a * b + 1.0, [A, B], 4))(A, B)
+    np.testing.assert_allclose(mapped, A * B + 1.0, rtol=1e-5, atol=1e-6)
+
+    def stats(a, b):
+        return {"dot": a.T @ b, "count": jnp.float32(a.shape[0])}
+
+    summed = jax.jit(lambda A, B: sum_chunks(stats, [A, B], 4))(A, B)
+    np.testing.assert_allclose(summed["dot"], A.T @ B, rtol=1e-5, atol=1e-5)
+    assert float(summed["count"]) == m
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+@pytest.mark.parametrize("stride,padding", CASES)
+def test_chunked_weight_grad_and_fast_vjp_match_autodiff(x64, layout, stride, padding):
+    params, X = make_batch(10, layout, jnp.float64, seed=2)
+    out, vjp = jax.vjp(lambda p, X: vmapped_conv(p, X, stride, padding, layout), params, X)
+    delta = jnp.asarray(np.random.default_rng(3).normal(size=out.shape))
+    expected_params, expected_X = vjp(delta)
+
+    in_hw = X.shape[2:] if layout == "CHW" else X.shape[1:3]
+    s = (stride, stride) if isinstance(stride, int) else stride
+    pads = conv_padding(in_hw, (3, 3), s, padding)
+    for chunk in (4, 64):
+        dW = conv2d_weight_grad(X, delta, (3, 3), s, pads, layout, chunk)
+        np.testing.assert_allclose(dW, expected_params["W"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(conv2d_input_grad(params["W"], delta, in_hw, s, pads, layout), expected_X,
+                               rtol=1e-10, atol=1e-10)
+
+    fast_out, fast_vjp = jax.vjp(lambda p, X: conv2d_batch_fast(p, X, stride, padding, layout, 4), params, X)
+    np.testing.assert_allclose(fast_out, out, rtol=1e-10, atol=1e-10)
+    fast_params, fast_X = fast_vjp(delta)
+    for name in ("W", "b"):
+        np.testing.assert_allclose(fast_params[name], expected_params[name], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fast_X, expected_X, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("fn", [conv2d_batch, conv2d_batch_fast])
+def test_batch_errors_name_the_function_and_argument(fn):
+    params, X = make_batch(4, "CHW")
+    name = fn.__name__
+    with pytest.raises(AssertionError, match=rf"{name}: X has shape \(2, 7, 10\) \(rank 3\), expected rank 4"):
+        fn(params, X[0])
+    with pytest.raises(AssertionError, match=rf"{name}: x has shape .*C = 5 channels must equal C_in = 2"):
+        fn(params, jnp.ones((4, 5, 7, 10)))
+    with pytest.raises(ValueError, match=rf"{name}: layout='NCHW'"):
+        fn(params, X, layout="NCHW")
+    with pytest.raises(TypeError, match=rf"{name}: .*floating-point"):
+        fn(params, X.astype(jnp.int32))
