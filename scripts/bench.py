@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -142,25 +143,13 @@ def failed(name: str, family: str, error: Exception) -> dict:
             "status": f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"}
 
 
-def measure(trainer: common.Trainer, data: common.EpochData, repeats: int) -> dict:
-    """Warm-up (trace + compile + first step) and `repeats` timed epochs of one trainer."""
-    try:
-        warmup_s = common.timed(trainer.first_step)
-        times = [common.timed(trainer.epoch) for _ in range(repeats)]
-    except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
-        return failed(trainer.name, trainer.family, error)
-    row = measured(trainer.name, trainer.family, trainer.note, warmup_s, times, data, trainer.step_flops)
-    if trainer.cost_analysis is not None:
-        row["xla_step_flops"] = trainer.cost_analysis()
-    return row
-
-
 def skipped(name: str, family: str, reason: str) -> dict:
     return {"name": name, "family": family, "status": reason}
 
 
-def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list[dict]:
-    """Rows of a JAX framework (nnjax, raw JAX, Flax NNX, Equinox), or its skipped row."""
+def jax_entries(framework: str, model: str, data: common.EpochData, args) -> list[dict]:
+    """The rows of a JAX framework (nnjax, raw JAX, Flax NNX, Equinox), each warmed up (trace +
+    compile + first step, timed) and ready for its timed epochs; or its skipped/failed row."""
     family = framework if framework in ("nnjax", "raw_jax") else "peer"
     try:
         module = __import__(f"bench_peers.{PEER_MODULES[framework]}", fromlist=["make_trainers"])
@@ -170,78 +159,128 @@ def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list[d
         trainers = module.make_trainers(model, data, args.lr)
     except Exception as error:  # noqa: BLE001 - e.g. a model nnjax does not provide yet
         return [failed(PEER_LABELS.get(framework, framework), family, error)]
-    trainers = [t for t in trainers if t.name.split()[-1] in args.modes]
-    rows = []
-    while trainers:
-        rows.append(measure(trainers.pop(0), data, args.repeats))
-    return rows
+    entries = []
+    for trainer in (t for t in trainers if t.name.split()[-1] in args.modes):
+        try:
+            warmup_s = common.timed(trainer.first_step)
+        except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
+            entries.append(failed(trainer.name, trainer.family, error))
+            continue
+        entries.append({"name": trainer.name, "family": trainer.family, "status": RUNNING,
+                        "warmup_s": warmup_s, "epoch_s": [], "trainer": trainer})
+    return entries
 
 
-def torch_row(model: str, data: common.EpochData, args, epoch_file: str, compiled: bool,
-              time_box: float, threads: int | None = None) -> dict:
-    """A PyTorch row measured in a child process, killed if it runs past `time_box` seconds.
-
-    A child process keeps PyTorch's OpenMP threads and XLA's thread pool from competing
-    (measured here: a PyTorch step slowed up to 4x in a process that had run JAX).
-    `threads` None keeps PyTorch's default intra-op thread count (one per core).
-    """
-    name = PEER_LABELS["torch_compile" if compiled else "torch"] + (f" {threads} thread" if threads == 1 else "")
+def torch_entries(model: str, data: common.EpochData, args, epoch_file: str) -> list[dict]:
+    """PyTorch eager (with its default threads, and with one thread when the machine has more
+    than one core: on a loaded machine OpenMP's barriers can make one thread faster), and
+    torch.compile time-boxed to --compile-timeout plus twice the eager epoch time."""
+    specs = []
+    if "torch" in args.frameworks:
+        specs.append({"compiled": False, "threads": None})
+        if (os.cpu_count() or 1) > 1:
+            specs.append({"compiled": False, "threads": 1})
+    if "torch_compile" in args.frameworks:
+        specs.append({"compiled": True, "threads": None})
     try:
         from bench_peers import torch_peer  # noqa: F401 - only checks that torch is installed
     except common.PeerUnavailable as reason:
-        return skipped(name, "peer", str(reason))
-    command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", model, "--epoch-file",
-               epoch_file, "--lr", str(args.lr), "--repeats", str(args.repeats)] + ([] if compiled else ["--eager"]) \
-        + ([] if threads is None else ["--threads", str(threads)])
+        return [skipped(torch_name(**spec), "peer", str(reason)) for spec in specs]
+    return [{"name": torch_name(**spec), "family": "peer", "status": RUNNING, "epoch_s": [],
+             "torch": dict(spec, model=model, epoch_file=epoch_file)} for spec in specs]
+
+
+def torch_name(compiled: bool, threads: int | None) -> str:
+    return PEER_LABELS["torch_compile" if compiled else "torch"] + (f" {threads} thread" if threads == 1 else "")
+
+
+def torch_epoch(entry: dict, args, eager_s: float) -> None:
+    """One timed PyTorch epoch in a child process (after its own warm-up), added to `entry`;
+    a child that fails or runs past its time box turns the entry into a skipped row.
+
+    A child process keeps PyTorch's OpenMP threads and XLA's thread pool from competing
+    (measured here: a PyTorch step slowed up to 4x in a process that had run JAX).
+    """
+    spec = entry["torch"]
+    time_box = args.compile_timeout + 2 * eager_s + 10 if spec["compiled"] else EAGER_TIME_BOX_S
+    command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", spec["model"], "--epoch-file",
+               spec["epoch_file"], "--lr", str(args.lr), "--repeats", "1"] \
+        + ([] if spec["compiled"] else ["--eager"]) + ([] if spec["threads"] is None else ["--threads", str(spec["threads"])])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=time_box, env=env, cwd=SCRIPTS)
     except subprocess.TimeoutExpired:
-        limit = f"; compile limit {args.compile_timeout:.0f} s" if compiled else ""
-        return skipped(name, "peer", f"skipped (did not finish within its {time_box:.0f} s time box{limit})")
+        limit = f"; compile limit {args.compile_timeout:.0f} s" if spec["compiled"] else ""
+        entry.update(status=f"skipped (did not finish within its {time_box:.0f} s time box{limit})")
+        return
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        return skipped(name, "peer", f"failed: {last}")
+        entry.update(status=f"failed: {last}")
+        return
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    if compiled and result["first_step_s"] > args.compile_timeout:
-        return skipped(name, "peer", f"skipped (compile took {result['first_step_s']:.0f} s, over "
-                                     f"--compile-timeout {args.compile_timeout:.0f} s)")
-    return measured(name, "peer", result["note"], result["first_step_s"], result["epoch_s"], data,
-                    common.step_flops(model, data.batch_size))
-
-
-def torch_rows(model: str, data: common.EpochData, args) -> list[dict]:
-    """PyTorch eager (with its default threads, and with one thread when the machine has more
-    than one core: on a loaded machine OpenMP's barriers can make one thread faster), then
-    torch.compile time-boxed to --compile-timeout plus twice the eager epoch time per repeat."""
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        epoch_file = os.path.join(folder, "epoch.npz")
-        np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
-        eager_s = 60.0
-        if "torch" in args.frameworks:
-            rows.append(torch_row(model, data, args, epoch_file, False, EAGER_TIME_BOX_S))
-            eager_s = rows[-1].get("best_s", eager_s)
-            if (os.cpu_count() or 1) > 1 and rows[-1]["status"] == "measured":
-                rows.append(torch_row(model, data, args, epoch_file, False, EAGER_TIME_BOX_S, threads=1))
-        if "torch_compile" in args.frameworks:
-            time_box = args.compile_timeout + 2 * args.repeats * eager_s + 10
-            rows.append(torch_row(model, data, args, epoch_file, True, time_box))
-    return rows
+    if spec["compiled"] and result["first_step_s"] > args.compile_timeout:
+        entry.update(status=f"skipped (compile took {result['first_step_s']:.0f} s, over "
+                            f"--compile-timeout {args.compile_timeout:.0f} s)")
+        return
+    entry["warmup_s"] = min(entry.get("warmup_s", math.inf), result["first_step_s"])
+    entry["epoch_s"] += result["epoch_s"]
+    entry["note"] = result["note"]
 
 
 def run_config(model: str, batch_size: int, images, labels, args) -> list[dict]:
-    """Every requested row for one (model, batch size)."""
+    """Every requested row for one (model, batch size), their timed epochs interleaved.
+
+    All rows are warmed up first; then each of --repeats rounds times one epoch of every row,
+    in an order rotated by one each round, so that a machine whose speed drifts over minutes
+    (measured here: up to 2x) slows every row alike instead of the rows that ran last.
+    """
     steps = args.steps or common.EPOCH_EXAMPLES // batch_size
     data = common.cut_epoch(images, labels, batch_size, steps)
-    rows = []
+    entries = []
     for framework in ("nnjax", "raw_jax", "flax", "equinox"):
         if framework in args.frameworks:
-            rows += jax_rows(framework, model, data, args)
-            print(f"  {model} B={batch_size}: {framework} done", file=sys.stderr, flush=True)
-    if {"torch", "torch_compile"} & set(args.frameworks):
-        rows += torch_rows(model, data, args)
-    return rows
+            entries += jax_entries(framework, model, data, args)
+            print(f"  {model} B={batch_size}: {framework} compiled", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        epoch_file = os.path.join(folder, "epoch.npz")
+        np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
+        if {"torch", "torch_compile"} & set(args.frameworks):
+            entries += torch_entries(model, data, args, epoch_file)
+        for round_ in range(args.repeats):
+            running = [e for e in entries if e["status"] == RUNNING]
+            shift = round_ % max(len(running), 1)
+            for entry in running[shift:] + running[:shift]:
+                eager = [e for e in entries if e["name"] == PEER_LABELS["torch"] and e["epoch_s"]]
+                timed_epoch(entry, args, min(eager[0]["epoch_s"]) if eager else 60.0)
+            print(f"  {model} B={batch_size}: round {round_ + 1} of {args.repeats} timed", file=sys.stderr, flush=True)
+    return [finished(entry, data, model) for entry in entries]
+
+
+RUNNING = "running"
+"""The status of a row still being measured."""
+
+
+def timed_epoch(entry: dict, args, eager_s: float) -> None:
+    """Times one epoch of a row; a row whose epoch raises becomes a failed row."""
+    if "torch" in entry:
+        torch_epoch(entry, args, eager_s)
+        return
+    try:
+        entry["epoch_s"].append(common.timed(entry["trainer"].epoch))
+    except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
+        entry.update(failed(entry["name"], entry["family"], error))
+
+
+def finished(entry: dict, data: common.EpochData, model: str) -> dict:
+    """A row's final record: measured (best of its epochs), or its skip/failure as it stands."""
+    if entry["status"] != RUNNING:
+        return {k: entry[k] for k in ("name", "family", "status")}
+    trainer = entry.get("trainer")
+    row = measured(entry["name"], entry["family"], trainer.note if trainer else entry.get("note", ""),
+                   entry["warmup_s"], entry["epoch_s"], data, common.step_flops(model, data.batch_size))
+    if trainer is not None and trainer.cost_analysis is not None:
+        row["xla_step_flops"] = trainer.cost_analysis()
+    return row
 
 
 def add_ratios(rows: list[dict], matmul_flops_per_s: float) -> None:

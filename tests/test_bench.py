@@ -91,8 +91,29 @@ def test_missing_peer_is_reported_skipped_not_installed(bench_module, monkeypatc
     monkeypatch.delitem(sys.modules, "bench_peers.flax_nnx", raising=False)
     args = bench_module.parse_args(["--frameworks", "flax"])
     images, labels = common.synthetic_mnist(8)
-    rows = bench_module.jax_rows("flax", "mlp", common.cut_epoch(images, labels, 4, 2), args)
+    rows = bench_module.jax_entries("flax", "mlp", common.cut_epoch(images, labels, 4, 2), args)
     assert rows == [{"name": "Flax NNX", "family": "peer", "status": "skipped (not installed: flax)"}]
+
+
+def test_timed_epochs_are_interleaved_across_rows_in_rotating_order(bench_module, monkeypatch):
+    from bench_peers import common
+
+    bench = bench_module
+    order = []
+
+    def fake_entries(framework, model, data, args):
+        def trainer(name):
+            return common.Trainer(name, "nnjax", lambda: None, lambda: order.append(name), 1.0)
+        return [{"name": name, "family": "nnjax", "status": bench.RUNNING, "warmup_s": 0.5, "epoch_s": [],
+                 "trainer": trainer(name)} for name in ("a", "b", "c")]
+
+    monkeypatch.setattr(bench, "jax_entries", fake_entries)
+    args = bench.parse_args(["--frameworks", "nnjax", "--repeats", "3", "--models", "mlp"])
+    images, labels = common.synthetic_mnist(8)
+    rows = bench.run_config("mlp", 4, images, labels, args)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert [row["name"] for row in rows] == ["a", "b", "c"]
+    assert all(row["status"] == "measured" and len(row["epoch_s"]) == 3 for row in rows), rows
 
 
 def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
@@ -105,9 +126,13 @@ def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
     data = common.cut_epoch(images, labels, 4, 2)
     epoch_file = tmp_path / "epoch.npz"
     np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
-    row = bench.torch_row("mlp", data, args, str(epoch_file), compiled=True, time_box=0.5)
-    assert row["name"] == "PyTorch compile"
-    assert row["status"].startswith("skipped (did not finish within its 0 s time box"), row
+    args.frameworks = ["torch_compile"]
+    [entry] = bench.torch_entries("mlp", data, args, str(epoch_file))
+    bench.torch_epoch(entry, args, eager_s=0.0)
+    assert entry["name"] == "PyTorch compile"
+    # the child either outlives its 10 s box or reports a compile time over 0.1 s: skipped either way
+    assert entry["status"].startswith(("skipped (did not finish within its 10 s time box; compile limit 0 s",
+                                       "skipped (compile took")), entry
 
 
 @pytest.mark.parametrize("epoch_mode", ["scan", "loop"])
