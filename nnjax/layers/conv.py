@@ -325,10 +325,12 @@ def sum_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
 def batch_patches(X, kernel_hw, stride, pads):
     """The receptive fields of a channels-last batch, one row of features per output pixel.
 
-    Entry (n, i, j, (m, k, c)) is the padded input P_{n, i*s+m, j*s+k, c}, in the order of
-    W.transpose(2, 3, 1, 0) (so the convolution is patches @ W_mat, `kernel_matrix`). Built,
-    like `im2col`, as ONE gather with static indices: on CPU it compiles 2 to 3 times faster
-    than concatenating kh*kw strided slices, and runs as fast.
+    Entry (n, i, j, (m, k, c)) is the padded input P_{n, i*s+m, j*s+k, c}: kh*kw strided
+    slices of the padded batch side by side, in the order of W.transpose(2, 3, 1, 0) (so the
+    convolution is patches @ W_mat, `kernel_matrix`). Measured against one gather with static
+    indices (what `im2col` uses for one example): the gather compiles 2-3x faster (0.08 against
+    0.2-0.3 s per convolution) but XLA fuses the slices with the layer before them, and the
+    CNN's training step ran 57-60 against 74 ms at batch 128.
 
     Args:
       X: (m, H, W, C) channels-last batch.
@@ -342,10 +344,8 @@ def batch_patches(X, kernel_hw, stride, pads):
     (kh, kw), (sh, sw) = kernel_hw, stride
     out_h, out_w = conv_output_shape(X.shape[1:3], kernel_hw, stride, pads)
     Xp = jnp.pad(X, ((0, 0),) + tuple(pads) + ((0, 0),))
-    i, j, m, k = np.meshgrid(np.arange(out_h), np.arange(out_w), np.arange(kh), np.arange(kw), indexing="ij")
-    rows = (i * sh + m).reshape(out_h, out_w, kh * kw)
-    cols = (j * sw + k).reshape(out_h, out_w, kh * kw)
-    return Xp[:, rows, cols, :].reshape(X.shape[0], out_h, out_w, -1)
+    return jnp.concatenate([Xp[:, m:m + sh * (out_h - 1) + 1:sh, k:k + sw * (out_w - 1) + 1:sw]
+                            for m in range(kh) for k in range(kw)], axis=-1)
 
 
 def kernel_matrix(W):
