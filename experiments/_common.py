@@ -138,6 +138,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
     error (exit status 2 for flags, 1 otherwise) instead of a traceback.
     """
     training.use_host_cores()
+    training.reuse_freed_memory()
     try:
         splits = training.load_splits(args.limit_train, args.val)
     except DataError as error:

@@ -31,10 +31,12 @@ draws, and on the same device reaches exactly the same metrics.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 import uuid
 from typing import Callable, NamedTuple
@@ -57,6 +59,7 @@ from nnjax.network import cnn_apply_batch, cnn_init, mlp_init, mlp_logits
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
     "SCHEDULES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
+    "reuse_freed_memory", "REUSE_MEMORY_ENV",
     "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_train_step",
     "make_evaluate", "evaluate", "compare_gradient_sources", "save_checkpoint",
@@ -388,6 +391,42 @@ def use_host_cores(count: int | None = None) -> None:
     if "--xla_force_host_platform_device_count" not in flags:
         count = (os.cpu_count() or 1) if count is None else check_positive_int("use_host_cores", "count", count)
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+_MALLOPT = {"M_ARENA_MAX": (-8, 1), "M_MMAP_THRESHOLD": (-3, 1 << 30), "M_TRIM_THRESHOLD": (-1, 2**31 - 1)}
+"""glibc `mallopt` parameters (their numbers in malloc.h) and the values `reuse_freed_memory` sets."""
+
+REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+                    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+"""The same settings as environment variables, for a child process (glibc reads them at start)."""
+
+
+def reuse_freed_memory() -> bool:
+    """Makes glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
+
+    XLA's CPU runtime allocates each step's buffers afresh. With glibc's defaults, blocks over
+    32 MB, and the large blocks of every thread but the main one (their arenas are capped at
+    64 MB), are mapped from the OS and unmapped when freed, so every step first-touches new
+    pages: a page fault per 4 KB. Measured on a 2-core CPU (jax 0.10.2): an element-wise op
+    writing a fresh 44 MB buffer took 24 ms, 4 ms with this; the CNN's training step at batch
+    128 split across two devices took 77-85 ms, 51-58 ms with this (alternating runs). Sets
+    one arena for all threads (`M_ARENA_MAX`), maps nothing under 1 GB (`M_MMAP_THRESHOLD`)
+    and trims nothing under 2 GB (`M_TRIM_THRESHOLD`); the process keeps its peak memory.
+
+    Call it first thing in a program, before JAX starts its threads (the experiments and
+    benchmarks do); `REUSE_MEMORY_ENV` does the same for a child process.
+
+    Returns:
+      True if glibc took the settings; False where there is no glibc (macOS, Windows, musl),
+      and nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in _MALLOPT.values())
 
 
 def resolve_devices(requested: int | str, model_kind: str, batch_size: int,

@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_peers import common  # noqa: E402
-from nnjax.training import use_host_cores  # noqa: E402
+from nnjax.training import REUSE_MEMORY_ENV, reuse_freed_memory, use_host_cores  # noqa: E402
 
 MODES = ("loop", "scan")
 FRAMEWORKS = ("nnjax", "raw_jax", "flax", "equinox", "torch", "torch_compile")
@@ -77,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="instead of the table: per-XLA-op times of nnjax's train step (autodiff and "
                              "hand-derived) for each model and batch size, from a jax.profiler trace")
+    parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                        help="reuse: every row (PyTorch's child processes too) runs with glibc's malloc "
+                             "keeping freed memory (nnjax.training.reuse_freed_memory), as nnjax's "
+                             "experiments do; default: glibc's defaults")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
     parser.add_argument("--markdown", default=None, help="also write the tables as Markdown to this file")
     args = parser.parse_args(argv)
@@ -206,7 +210,8 @@ def torch_epoch(entry: dict, args, eager_s: float) -> None:
     command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", spec["model"], "--epoch-file",
                spec["epoch_file"], "--lr", str(args.lr), "--repeats", "1"] \
         + ([] if spec["compiled"] else ["--eager"]) + ([] if spec["threads"] is None else ["--threads", str(spec["threads"])])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **(REUSE_MEMORY_ENV if args.malloc == "reuse" else {}),
+               PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=time_box, env=env, cwd=SCRIPTS)
     except subprocess.TimeoutExpired:
@@ -415,14 +420,17 @@ def run_profiles(args) -> int:
 def main(argv=None) -> int:
     use_host_cores()
     args = parse_args(argv)
+    reuse = args.malloc == "reuse" and reuse_freed_memory()
+    memory_note = "malloc keeps freed memory" if reuse else "default malloc"
     if args.profile:
         return run_profiles(args)
     images, labels, data_note = load_data(args.data)
     meta = machine()
-    meta.update(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), data=data_note,
+    meta.update(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), data=data_note, malloc=memory_note,
                 lr=args.lr, repeats=args.repeats)
     print(f"bench: {meta['cpu']} ({meta['cores']} cores, {meta['backend']}), jax {jax.__version__}, "
-          f"data: {data_note}, load average {meta['load_average_start'][0]:.2f}", flush=True)
+          f"data: {data_note}, {memory_note} (every row), load average {meta['load_average_start'][0]:.2f}",
+          flush=True)
     matmul = matmul_flop_rate(args.matmul_size)
     meta["matmul_flops_per_s"] = matmul
     print(f"reference: float32 {args.matmul_size}x{args.matmul_size} matmul at {matmul / 1e9:.1f} GFLOP/s", flush=True)

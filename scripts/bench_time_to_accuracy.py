@@ -170,6 +170,7 @@ def run_seed(model_name: str, seed: int, data, settings: dict, args) -> dict:
 
 def main(argv=None) -> int:
     training.use_host_cores()
+    training.reuse_freed_memory()
     args = parse_args(argv)
     data = load_data(args.data)
     results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

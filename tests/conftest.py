@@ -4,9 +4,10 @@ The CPU is presented to XLA as two devices (before JAX starts), so data-parallel
 (`nnjax.training`, ``devices=2``) runs in the tests as it does in the experiments; code that
 does not ask for several devices runs on the first, as before.
 """
-from nnjax.training import use_host_cores
+from nnjax.training import reuse_freed_memory, use_host_cores
 
 use_host_cores(2)
+reuse_freed_memory()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,5 +1,10 @@
 """Data parallelism in nnjax.training: a batch split across devices trains exactly like the
-whole batch on one device (up to float rounding), for both gradient sources."""
+whole batch on one device (up to float rounding), for both gradient sources. Also the host
+set-up the experiments run first (`use_host_cores`, `reuse_freed_memory`)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +54,43 @@ def test_use_host_cores_keeps_a_count_already_in_xla_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     training.use_host_cores(5)
     assert training.os.environ["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=5")
+
+
+_MAPPED_BYTES_AFTER_ALLOC = """
+import ctypes, sys, threading
+import numpy as np
+from nnjax import training
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+took = training.reuse_freed_memory() if sys.argv[1] == "reuse" else None
+seen = {}
+
+def worker():
+    block = np.ones(48 << 20, np.uint8)  # 48 MB, in a thread other than the main one (as XLA's)
+    seen["mapped"] = libc.mallinfo2().hblkhd
+    del block
+
+thread = threading.Thread(target=worker)
+thread.start()
+thread.join()
+print(took, seen["mapped"] >= 48 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings exist on Linux only")
+@pytest.mark.parametrize("mode, expected", [("default", "None True"), ("reuse", "True False")])
+def test_reuse_freed_memory_keeps_large_blocks_out_of_mmap(mode, expected):
+    """With glibc's defaults a 48 MB block of a worker thread is mmap'd (counted in mallinfo2's
+    hblkhd, returned to the OS on free); after reuse_freed_memory it comes from the heap."""
+    done = subprocess.run([sys.executable, "-c", _MAPPED_BYTES_AFTER_ALLOC, mode], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == expected
 
 
 def _one_step(model, grads, devices, params, state, data, batches):
