@@ -23,6 +23,10 @@ large batches. A custom backward runs per example under `jax.vmap`, so its weigh
 a batched matrix product then a sum over the batch, while autodiff of the vmapped forward
 contracts the batch inside one convolution; for wide layers at small batches the latter wins.
 
+`conv2d_batch_fast` avoids that trade-off by working on the whole batch: the forward is
+`nnjax.layers.conv2d_batch` and the backward the batch-level `conv2d_weight_grad` (the batch
+contracted inside chunked im2col products) and `conv2d_input_grad`. The CNN uses it.
+
 Only reverse mode is defined: `jax.jvp`/`jax.jacfwd` through these functions raise TypeError.
 """
 from __future__ import annotations

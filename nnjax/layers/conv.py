@@ -304,15 +304,8 @@ def sum_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
     """fn(*arrays) for a function that SUMS over the batch (a weight gradient), chunk by chunk.
 
     A `lax.scan` adding fn's result for each chunk (plus one call for the remainder). Same
-    result as fn(*arrays), up to the order of the float additions.
-
-    Args:
-      fn: takes arrays with a leading batch axis, returns a pytree summed over it.
-      arrays: sequence of arrays, all with the same leading size m.
-      chunk: examples per call.
-
-    Returns:
-      fn's result for all m examples.
+    result as fn(*arrays), up to the order of the float additions. Arguments as `map_chunks`,
+    except that fn returns a pytree summed over the batch axis.
     """
     count, blocks, rest = _split_chunks(arrays, chunk)
     if count <= 1:
