@@ -255,7 +255,7 @@ def run_config(model: str, batch_size: int, images, labels, args) -> list[dict]:
             running = [e for e in entries if e["status"] == RUNNING]
             shift = round_ % max(len(running), 1)
             for entry in running[shift:] + running[:shift]:
-                eager = [e for e in entries if e["name"] == PEER_LABELS["torch"] and e["epoch_s"]]
+                eager = [e for e in entries if e["name"] == PEER_LABELS["torch"] and e.get("epoch_s")]
                 timed_epoch(entry, args, min(eager[0]["epoch_s"]) if eager else 60.0)
             print(f"  {model} B={batch_size}: round {round_ + 1} of {args.repeats} timed", file=sys.stderr, flush=True)
     return [finished(entry, data, model) for entry in entries]

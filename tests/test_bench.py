@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark scripts: each runs a few steps on synthetic data and writes its
 JSON (no timing assertions: the numbers depend on the machine and its load)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,12 +109,17 @@ def test_timed_epochs_are_interleaved_across_rows_in_rotating_order(bench_module
                  "trainer": trainer(name)} for name in ("a", "b", "c")]
 
     monkeypatch.setattr(bench, "jax_entries", fake_entries)
-    args = bench.parse_args(["--frameworks", "nnjax", "--repeats", "3", "--models", "mlp"])
+    monkeypatch.setitem(sys.modules, "torch", None)  # PyTorch missing, as in CI: its rows are skipped
+    monkeypatch.delitem(sys.modules, "bench_peers.torch_peer", raising=False)
+    args = bench.parse_args(["--frameworks", "nnjax,torch,torch_compile", "--repeats", "3", "--models", "mlp"])
     images, labels = common.synthetic_mnist(8)
     rows = bench.run_config("mlp", 4, images, labels, args)
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert [row["name"] for row in rows] == ["a", "b", "c"]
-    assert all(row["status"] == "measured" and len(row["epoch_s"]) == 3 for row in rows), rows
+    assert [row["name"] for row in rows[:3]] == ["a", "b", "c"]
+    assert all(row["status"] == "measured" and len(row["epoch_s"]) == 3 for row in rows[:3]), rows
+    torch_rows = ["PyTorch eager"] + (["PyTorch eager 1 thread"] if (os.cpu_count() or 1) > 1 else []) + ["PyTorch compile"]
+    assert {row["name"]: row["status"] for row in rows[3:]} == {
+        name: "skipped (not installed: torch)" for name in torch_rows}
 
 
 def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
