@@ -237,7 +237,7 @@ def _blocks_backward(params, X, cache, delta, num_blocks, axes):
     for i in range(num_blocks, 0, -1):
         delta = jax.vmap(lambda a, d: max_pool2d_backward(a, d, POOL_WINDOW, layout=_LAYOUT))(
             cache[f"relu{i}"], delta)
-        delta = activation_backward("relu", cache[f"bn{i}"], delta)
+        delta = activation_backward("relu", cache[f"relu{i}"], delta)  # 1[u > 0] = 1[ReLU(u) > 0]: u need not be kept
         bn_params = params[f"bn{i}"]
         bn_grads, delta = jax.vmap(
             lambda z, d: batch_norm_backward(bn_params, z, d, axis_name=axes, layout=_LAYOUT),
