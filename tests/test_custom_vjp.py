@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnjax.backprop.custom_vjp import avg_pool2d_fast, conv2d_fast, max_pool2d_fast
+from nnjax.backprop.custom_vjp import avg_pool2d_fast, batch_norm_batch_fast, conv2d_fast, max_pool2d_fast
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv2d_init
+from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, max_pool2d
 
 
@@ -127,3 +128,30 @@ def test_errors_name_the_fast_function():
 def test_forward_mode_is_not_defined():
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: max_pool2d_fast(x), (jnp.ones((1, 4, 4)),), (jnp.ones((1, 4, 4)),))
+
+
+@pytest.mark.parametrize("layout, example_shape", [("CHW", (3, 4, 5)), ("HWC", (4, 5, 3)), ("CHW", (3,))])
+def test_batch_norm_batch_fast_equals_vmapped_batch_norm_and_its_vjp(x64, layout, example_shape):
+    rng = np.random.default_rng(6)
+    params = {"gamma": jnp.asarray(rng.normal(size=3)), "beta": jnp.asarray(rng.normal(size=3))}
+    state = {"mean": jnp.asarray(rng.normal(size=3)), "var": jnp.asarray(rng.uniform(0.5, 2, size=3))}
+    X = jnp.asarray(rng.normal(size=(7,) + example_shape))
+    delta = jnp.asarray(rng.normal(size=X.shape))
+
+    def vmapped(params, X):
+        return jax.vmap(lambda x: batch_norm(params, state, x, train=True, momentum=0.8, layout=layout),
+                        axis_name="batch", out_axes=(0, None))(X)
+
+    def fast(params, X):
+        return batch_norm_batch_fast(params, state, X, momentum=0.8, layout=layout)
+
+    (Y, new_state), vjp = jax.vjp(vmapped, params, X)
+    (Y_fast, new_state_fast), vjp_fast = jax.vjp(fast, params, X)
+    np.testing.assert_allclose(Y_fast, Y, rtol=1e-12, atol=1e-12)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(new_state_fast[name], new_state[name], rtol=1e-12)
+    no_state_cotangent = jax.tree.map(jnp.zeros_like, new_state)
+    (grads, dX), (grads_fast, dX_fast) = vjp((delta, no_state_cotangent)), vjp_fast((delta, no_state_cotangent))
+    np.testing.assert_allclose(dX_fast, dX, rtol=1e-10, atol=1e-12)
+    for name in ("gamma", "beta"):
+        np.testing.assert_allclose(grads_fast[name], grads[name], rtol=1e-10, atol=1e-12)

@@ -34,6 +34,8 @@ The network's own functions (`nnjax.network.cnn_init`, `cnn_apply`, `cnn_loss`) 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -41,7 +43,7 @@ from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
-from nnjax.backprop.custom_vjp import conv2d_batch_fast, max_pool2d_fast
+from nnjax.backprop.custom_vjp import batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
 from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv_output_size
@@ -143,18 +145,25 @@ def _conv(params, x):
     return conv2d(params, x, layout=_LAYOUT)
 
 
-def _per_example(f, out_axes=0):
+def _per_example(f, in_axes=0, out_axes=0):
     return f
 
 
-def _vmapped(f, out_axes=0):
-    return jax.vmap(f, axis_name=_AXIS, out_axes=out_axes)
+def _vmapped(f, in_axes=0, out_axes=0):
+    return jax.vmap(f, in_axes=in_axes, out_axes=out_axes, axis_name=_AXIS)
 
 
 def _conv_batch(params, X):
     """`conv2d_batch_fast` on a channels-last batch: chunked im2col products forward and for
     dW under autodiff (`nnjax.layers.conv.BATCH_CHUNK` has the measurements)."""
     return conv2d_batch_fast(params, X, layout=_LAYOUT)
+
+
+def _batch_norm_batch(params, state, Z, axis_name):
+    """Batch norm in training mode on a channels-last batch, its backward in closed form under
+    autodiff (`batch_norm_batch_fast`); axis_name is "batch" or ("batch", device axis)."""
+    device_axis = None if axis_name == _AXIS else axis_name[1]
+    return batch_norm_batch_fast(params, state, Z, device_axis=device_axis, layout=_LAYOUT)
 
 
 def _forward(fn: str, params, state, x, train, axis_name, batch=False):
@@ -173,9 +182,10 @@ def _forward(fn: str, params, state, x, train, axis_name, batch=False):
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     for i in range(1, n + 1):
         cache[f"conv{i}"] = conv(params[f"conv{i}"], h)
-        cache[f"bn{i}"], new_state[f"bn{i}"] = each(
-            lambda z: batch_norm(params[f"bn{i}"], state[f"bn{i}"], z, train=train, axis_name=axis_name,
-                                 layout=_LAYOUT), out_axes=(0, None))(cache[f"conv{i}"])
+        norm = partial(_batch_norm_batch, axis_name=axis_name) if batch and train else each(
+            lambda p, s, z: batch_norm(p, s, z, train=train, axis_name=axis_name, layout=_LAYOUT),
+            in_axes=(None, None, 0), out_axes=(0, None))
+        cache[f"bn{i}"], new_state[f"bn{i}"] = norm(params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"])
         cache[f"relu{i}"] = relu(cache[f"bn{i}"])
         h = cache[f"pool{i}"] = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))(cache[f"relu{i}"])
     cache["flat"] = each(lambda p: to_channels_first(p, _LAYOUT).reshape(-1))(h)
