@@ -26,6 +26,8 @@ contracts the batch inside one convolution; for wide layers at small batches the
 `conv2d_batch_fast` avoids that trade-off by working on the whole batch: the forward is
 `nnjax.layers.conv2d_batch` and the backward the batch-level `conv2d_weight_grad` (the batch
 contracted inside chunked im2col products) and `conv2d_input_grad`. The CNN uses it.
+`batch_norm_batch_fast` does the same for batch norm, whose per-example `custom_vjp` could
+not reach the batch statistics.
 
 Only reverse mode is defined: `jax.jvp`/`jax.jacfwd` through these functions raise TypeError.
 """
