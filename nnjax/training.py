@@ -393,11 +393,13 @@ def use_host_cores(count: int | None = None) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-_MALLOPT = {"M_ARENA_MAX": (-8, 1), "M_MMAP_THRESHOLD": (-3, 1 << 30), "M_TRIM_THRESHOLD": (-1, 2**31 - 1)}
-"""glibc `mallopt` parameters (their numbers in malloc.h) and the values `reuse_freed_memory` sets."""
+_MALLOC_SETTINGS = (("M_ARENA_MAX", -8, "MALLOC_ARENA_MAX", 1),
+                    ("M_MMAP_THRESHOLD", -3, "MALLOC_MMAP_THRESHOLD_", 1 << 30),
+                    ("M_TRIM_THRESHOLD", -1, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1))
+"""What `reuse_freed_memory` sets: (glibc `mallopt` parameter, its number in malloc.h, the
+environment variable glibc reads at start, value)."""
 
-REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-                    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+REUSE_MEMORY_ENV = {variable: str(value) for _, _, variable, value in _MALLOC_SETTINGS}
 """The same settings as environment variables, for a child process (glibc reads them at start)."""
 
 
@@ -426,7 +428,7 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(param, value) == 1 for param, value in _MALLOPT.values())
+    return all(mallopt(number, value) == 1 for _, number, _, value in _MALLOC_SETTINGS)
 
 
 def resolve_devices(requested: int | str, model_kind: str, batch_size: int,

@@ -159,32 +159,32 @@ def _conv_batch(params, X):
     return conv2d_batch_fast(params, X, layout=_LAYOUT)
 
 
-def _batch_norm_batch(params, state, Z, axis_name):
-    """Batch norm in training mode on a channels-last batch, its backward in closed form under
-    autodiff (`batch_norm_batch_fast`); axis_name is "batch" or ("batch", device axis)."""
-    device_axis = None if axis_name == _AXIS else axis_name[1]
-    return batch_norm_batch_fast(params, state, Z, device_axis=device_axis, layout=_LAYOUT)
+def _batch_axes(device_axis=None):
+    """Batch norm's axis names for a batch: the vmapped "batch", and the device axis if any."""
+    return _AXIS if device_axis is None else (_AXIS, device_axis)
 
 
-def _forward(fn: str, params, state, x, train, axis_name, batch=False):
+def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False, device_axis=None):
     """`cnn_forward` with the feature maps channels-last (H, W, C) in the cache, naming the
     public function `fn` in error messages.
 
     With batch=True, x is a batch (m, C, H, W) and every cached value gets a leading batch
-    axis: the convolutions run batch-level (`_conv_batch`) and the other layers per example
-    under `jax.vmap` (batch norm's statistics over the axis named "batch").
+    axis: the convolutions run batch-level (`_conv_batch`), batch norm in training on the
+    whole batch (`batch_norm_batch_fast`, over "batch" and `device_axis`), the other layers per
+    example under `jax.vmap`; `axis_name` is then `_batch_axes(device_axis)`.
     """
     each, conv = (_vmapped, _conv_batch) if batch else (_per_example, _conv)
     if batch:
+        axis_name = _batch_axes(device_axis)
         x = check_float_array(fn, "X", x)
         check_rank(fn, "X", x, 4, "a batch (m, C, H, W); for one image use cnn_apply")
     n = _check_input(fn, params, state, x[0] if batch else x)
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     for i in range(1, n + 1):
         cache[f"conv{i}"] = conv(params[f"conv{i}"], h)
-        norm = partial(_batch_norm_batch, axis_name=axis_name) if batch and train else each(
-            lambda p, s, z: batch_norm(p, s, z, train=train, axis_name=axis_name, layout=_LAYOUT),
-            in_axes=(None, None, 0), out_axes=(0, None))
+        norm = partial(batch_norm_batch_fast, device_axis=device_axis, layout=_LAYOUT) if batch and train \
+            else each(lambda p, s, z: batch_norm(p, s, z, train=train, axis_name=axis_name, layout=_LAYOUT),
+                      in_axes=(None, None, 0), out_axes=(0, None))
         cache[f"bn{i}"], new_state[f"bn{i}"] = norm(params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"])
         cache[f"relu{i}"] = relu(cache[f"bn{i}"])
         h = cache[f"pool{i}"] = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))(cache[f"relu{i}"])
@@ -277,8 +277,8 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     X = check_cnn_batch("cnn_grads", params, X, Y)
     X = X.astype(jnp.result_type(X, params["conv1"]["W"]))
     num_blocks = cnn_num_blocks(params)
-    axes = _AXIS if device_axis is None else (_AXIS, device_axis)
-    logits, new_state, cache = _forward("cnn_grads", params, state, X, True, axes, batch=True)
+    axes = _batch_axes(device_axis)
+    logits, new_state, cache = _forward("cnn_grads", params, state, X, True, batch=True, device_axis=device_axis)
     grads = {}
     delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
     grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)

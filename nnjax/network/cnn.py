@@ -120,8 +120,7 @@ def cnn_apply_batch(params, state, X, *, train, device_axis=None):
     Returns:
       (logits (m, K), new_state).
     """
-    axes = "batch" if device_axis is None else ("batch", device_axis)
-    logits, new_state, _ = _forward("cnn_apply_batch", params, state, X, train, axes, batch=True)
+    logits, new_state, _ = _forward("cnn_apply_batch", params, state, X, train, batch=True, device_axis=device_axis)
     return logits, new_state
 
 
