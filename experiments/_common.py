@@ -87,6 +87,9 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
     run.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
                      help="one lax.scan per epoch, a Python loop over the jitted step, or the "
                           "measured default for this model and backend")
+    run.add_argument("--compute-dtype", choices=training.COMPUTE_DTYPES, default="float32",
+                     help="dtype of each step's forward and backward pass; bfloat16 is mixed "
+                          "precision (parameters, optimizer and loss stay float32)")
     run.add_argument("--devices", type=device_count, default="auto",
                      help="devices sharing each batch (on a CPU, one per core), or 'auto': the "
                           "measured default for this model and backend")
@@ -125,7 +128,7 @@ def config_from_args(args: argparse.Namespace, model: training.Model,
         grads=args.grads, epoch_mode=args.epoch_mode, optimizer=args.optimizer,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        eval_batch_size=args.eval_batch_size, devices=args.devices, model=model.describe,
+        compute_dtype=args.compute_dtype, eval_batch_size=args.eval_batch_size, devices=args.devices, model=model.describe,
         n_train=n_train)
     config.validate()
     return config

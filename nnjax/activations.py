@@ -28,7 +28,7 @@ def relu(z):
 
 def relu_derivative(z):
     """ReLU'(z) = 1 if z > 0 else 0 (the chapter's convention: 0 at the kink z = 0)."""
-    return (z > 0).astype(jnp.result_type(z, jnp.float32))
+    return (z > 0).astype(jnp.result_type(z, float))
 
 
 def leaky_relu(z, negative_slope=0.01):
@@ -38,7 +38,7 @@ def leaky_relu(z, negative_slope=0.01):
 
 def leaky_relu_derivative(z, negative_slope=0.01):
     """LeakyReLU'(z) = 1 if z > 0 else negative_slope (negative_slope at z = 0)."""
-    dtype = jnp.result_type(z, jnp.float32)
+    dtype = jnp.result_type(z, float)
     return jnp.where(z > 0, jnp.ones((), dtype), jnp.asarray(negative_slope, dtype))
 
 

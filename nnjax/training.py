@@ -58,7 +58,7 @@ from nnjax.network import cnn_apply_batch, cnn_init, mlp_init, mlp_logits
 
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
-    "SCHEDULES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
+    "SCHEDULES", "COMPUTE_DTYPES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
     "reuse_freed_memory", "REUSE_MEMORY_ENV",
     "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_train_step",
@@ -77,6 +77,7 @@ GRAD_SOURCES = ("autodiff", "manual")
 EPOCH_MODES = ("scan", "loop", "auto")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 EPOCH_MODE_DEFAULTS = {
     ("mlp", "cpu"): "scan",
@@ -289,6 +290,10 @@ class TrainConfig:
       weight_decay: adamw's decoupled weight decay; for adam and sgd, an L2 term
         ``weight_decay * theta`` added to the gradient.
       label_smoothing: targets ``(1 - s) * one_hot + s / 10``; 0 trains on one-hot targets.
+      compute_dtype: ``"float32"``, or ``"bfloat16"`` for mixed precision: each step runs the
+        forward and backward pass on bfloat16 copies of the parameters and inputs, while the
+        parameters, optimizer state, batch-norm statistics and the loss stay float32
+        (`make_train_step`). Evaluation always runs in float32.
       eval_batch_size: examples per evaluation call.
       devices: how many of the backend's devices share each batch (data parallelism), or
         ``"auto"`` (`DATA_PARALLEL_DEFAULTS`; see `resolve_devices`).
@@ -306,6 +311,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    compute_dtype: str = "float32"
     eval_batch_size: int = 1000
     devices: int | str = "auto"
     model: dict = dataclasses.field(default_factory=dict)
@@ -324,6 +330,7 @@ class TrainConfig:
         check_choice("TrainConfig", "epoch_mode", self.epoch_mode, EPOCH_MODES)
         check_choice("TrainConfig", "optimizer", self.optimizer, OPTIMIZERS)
         check_choice("TrainConfig", "schedule", self.schedule, SCHEDULES)
+        check_choice("TrainConfig", "compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if not self.lr > 0:
             raise ValueError(f"TrainConfig: lr={self.lr!r} must be > 0")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -503,6 +510,7 @@ def _batch_loss(model: Model, params, state, inputs, targets, device_axis):
     """Mean softmax cross-entropy of a training batch (this device's share of it); aux is
     (logits, new_state)."""
     logits, new_state = model.apply(params, state, inputs, True, device_axis)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return jnp.mean(softmax_cross_entropy(logits, targets)), (logits, new_state)
 
 
@@ -527,14 +535,41 @@ class _Data(NamedTuple):
     labels: jax.Array
 
 
+def _cast_floats(tree, dtype):
+    """Every floating-point leaf of `tree` as `dtype` (integer leaves untouched)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _in_compute_dtype(gradient: Callable, compute_dtype: str) -> Callable:
+    """`gradient` run on `compute_dtype` copies of the parameters, inputs and targets, its
+    gradients and batch-norm state cast back to the dtypes of the parameters and state it was
+    given (mixed precision); float32 runs it as it is."""
+    if compute_dtype == "float32":
+        return gradient
+    dtype = jnp.dtype(compute_dtype)
+
+    def mixed(params, state, inputs, targets, device_axis=None):
+        g, logits, new_state = gradient(_cast_floats(params, dtype), state, inputs.astype(dtype),
+                                        targets.astype(dtype), device_axis)
+        g = jax.tree.map(lambda grad, p: grad.astype(p.dtype), g, params)
+        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
+        return g, logits.astype(jnp.float32), new_state
+    return mixed
+
+
 def make_train_step(model: Model, optimizer: optax.GradientTransformation, grads: str,
-                    label_smoothing: float = 0.0, devices: int = 1) -> Callable:
+                    label_smoothing: float = 0.0, devices: int = 1,
+                    compute_dtype: str = "float32") -> Callable:
     """One optimizer step on the batch that `batches[step]` indexes.
 
     With ``devices > 1`` the batch is split across the first `devices` devices (`shard_map`):
     each computes the gradients of its share, batch norm averaging across all of them, and
     the gradients, loss and correct count are reduced across devices before the update.
     `data` and the carry must then be replicated on those devices.
+
+    With ``compute_dtype="bfloat16"`` the gradients are computed on bfloat16 copies of the
+    parameters and inputs (`TrainConfig.compute_dtype`); the update applies them, cast back,
+    to the float32 parameters.
 
     Returns:
       ``step(carry, data, batches) -> (carry, (loss, correct))`` with
@@ -544,7 +579,8 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation, grads
       ``correct`` its number of correct predictions. The same function is the body of the
       scan epoch and, jitted, the step of the loop epoch.
     """
-    gradient = _gradient_fn(model, grads)
+    check_choice("make_train_step", "compute_dtype", compute_dtype, COMPUTE_DTYPES)
+    gradient = _in_compute_dtype(_gradient_fn(model, grads), compute_dtype)
 
     def batch_gradients(params, state, images, labels, batch, device_axis):
         labels = labels[batch]
@@ -832,13 +868,20 @@ def _initial_state(model: Model, optimizer, config: TrainConfig, out_dir: str | 
     except ValueError as error:
         raise ResumeError(f"train: cannot resume: {error}") from None
     expected = json.loads(json.dumps(dataclasses.asdict(config)))
-    if meta["config"] != expected:
-        changed = sorted(k for k in expected if meta["config"].get(k) != expected[k])
+    saved = {**_setting_defaults(), **meta["config"]}
+    if saved != expected:
+        changed = sorted(k for k in expected if saved.get(k) != expected[k])
         raise ResumeError(f"train: the checkpoint in {out_dir} comes from a different config "
                           f"(differs in {changed}); resume with the same settings or start afresh")
     log(f"resuming from the checkpoint of epoch {len(meta['history'])} in {checkpoint_path}")
     return _RunState(params, opt_state, model_state,
                      jax.random.wrap_key_data(jnp.asarray(key_data)), meta["history"])
+
+
+def _setting_defaults() -> dict:
+    """`TrainConfig`'s defaults, for checkpoints written before a setting existed."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)
+            if f.default is not dataclasses.MISSING}
 
 
 class _Compiled(NamedTuple):
@@ -864,7 +907,7 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
     batches, seconds = _compile(permutation, run.shuffle_key)
     example_batches = batches(run.shuffle_key)
     carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
-    step = make_train_step(model, optimizer, config.grads, config.label_smoothing, devices)
+    step = make_train_step(model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
     steps_per_call = _scan_chunk_length(steps) if epoch_mode == "scan" else 1
     epoch_part = _scan_chunk(step, steps_per_call) if epoch_mode == "scan" else step
     epoch_part, part_seconds = _compile(epoch_part, carry, data, example_batches, donate=True)

@@ -184,7 +184,7 @@ def torch_entries(model: str, data: common.EpochData, args, epoch_file: str) -> 
     specs = []
     if "torch" in args.frameworks:
         specs.append({"compiled": False, "threads": None})
-        if (os.cpu_count() or 1) > 1:
+        if (os.cpu_count() or 1) > 1 and torch_device() == "cpu":
             specs.append({"compiled": False, "threads": 1})
     if "torch_compile" in args.frameworks:
         specs.append({"compiled": True, "threads": None})
@@ -194,6 +194,11 @@ def torch_entries(model: str, data: common.EpochData, args, epoch_file: str) -> 
         return [skipped(torch_name(**spec), "peer", str(reason)) for spec in specs]
     return [{"name": torch_name(**spec), "family": "peer", "status": RUNNING, "epoch_s": [],
              "torch": dict(spec, model=model, epoch_file=epoch_file)} for spec in specs]
+
+
+def torch_device() -> str:
+    """Where the PyTorch rows train: on the GPU when JAX's rows do, else on the CPU."""
+    return "cuda" if jax.default_backend() == "gpu" else "cpu"
 
 
 def torch_name(compiled: bool, threads: int | None) -> str:
@@ -210,7 +215,7 @@ def torch_epoch(entry: dict, args, eager_s: float) -> None:
     spec = entry["torch"]
     time_box = args.compile_timeout + 2 * eager_s + 10 if spec["compiled"] else EAGER_TIME_BOX_S
     command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", spec["model"], "--epoch-file",
-               spec["epoch_file"], "--lr", str(args.lr), "--repeats", "1"] \
+               spec["epoch_file"], "--lr", str(args.lr), "--repeats", "1", "--device", torch_device()] \
         + ([] if spec["compiled"] else ["--eager"]) + ([] if spec["threads"] is None else ["--threads", str(spec["threads"])])
     env = dict(os.environ, **(REUSE_MEMORY_ENV if args.malloc == "reuse" else {}),
                PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))

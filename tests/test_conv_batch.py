@@ -13,7 +13,8 @@ import pytest
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
 from nnjax.backprop.custom_vjp import conv2d_batch_fast
 from nnjax.layers.conv import (
-    batch_patches, conv2d, conv2d_batch, conv_padding, kernel_matrix, map_chunks, sum_chunks,
+    BATCH_CHUNK, BATCH_CHUNKS, batch_patches, conv2d, conv2d_batch, conv_padding, default_batch_chunk,
+    kernel_matrix, map_chunks, sum_chunks,
 )
 
 CASES = [(1, "valid"), (2, "same"), ((1, 2), (2, 1))]
@@ -34,7 +35,7 @@ def vmapped_conv(params, X, stride, padding, layout):
 
 @pytest.mark.parametrize("layout", ["CHW", "HWC"])
 @pytest.mark.parametrize("stride,padding", CASES)
-@pytest.mark.parametrize("m,chunk", [(10, 4), (8, 4), (3, 4), (1, 64)])
+@pytest.mark.parametrize("m,chunk", [(10, 4), (8, 4), (3, 4), (1, 64), (10, None)])
 def test_conv2d_batch_equals_vmapped_conv2d(layout, stride, padding, m, chunk):
     params, X = make_batch(m, layout)
     expected = vmapped_conv(params, X, stride, padding, layout)
@@ -107,3 +108,9 @@ def test_batch_errors_name_the_function_and_argument(fn):
         fn(params, X, layout="NCHW")
     with pytest.raises(TypeError, match=rf"{name}: .*floating-point"):
         fn(params, X.astype(jnp.int32))
+
+
+def test_default_chunk_is_per_backend():
+    assert default_batch_chunk(1000, "cpu") == BATCH_CHUNK
+    assert default_batch_chunk(1000, "gpu") == 1000
+    assert default_batch_chunk(1000) == BATCH_CHUNKS.get(jax.default_backend(), 1000)

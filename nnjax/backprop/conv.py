@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import BATCH_CHUNK, batch_patches, check_conv_args, conv_output_shape, im2col, sum_chunks
+from nnjax.layers.conv import batch_patches, check_conv_args, conv_output_shape, im2col, sum_chunks
 from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
@@ -49,7 +49,7 @@ _BATCH_LAYOUTS = {"CHW": "NCHW", "HWC": "NHWC"}
 """The batch layout of `conv2d_weight_grad` / `conv2d_input_grad` for each image layout."""
 
 
-def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int = BATCH_CHUNK):
+def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int | None = None):
     """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)), as im2col products.
 
     dW_{o,c,m,k} = sum_{examples} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+k}: with the patches
@@ -66,7 +66,7 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
       stride: (sh, sw).
       pads: ((top, bottom), (left, right)), as `nnjax.layers.conv_padding` resolves them.
       layout: "CHW" or "HWC", the layout of each example.
-      chunk: examples per matrix product.
+      chunk: examples per matrix product; None: `nnjax.layers.conv.default_batch_chunk`.
 
     Returns:
       dW: (C_out, C_in, kh, kw).

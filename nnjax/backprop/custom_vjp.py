@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_weight_grad
 from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
-from nnjax.layers.conv import BATCH_CHUNK, check_conv_args, check_conv_batch_args, conv2d, conv2d_batch
+from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d, conv2d_batch
 from nnjax.layers.layout import channel_axis, spatial_shape
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d
@@ -101,7 +101,7 @@ def _conv2d_batch_backward(stride, pads, layout, chunk, residuals, delta):
 _conv2d_batch.defvjp(_conv2d_batch_forward, _conv2d_batch_backward)
 
 
-def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk: int = BATCH_CHUNK):
+def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
     """`nnjax.layers.conv2d_batch` (a whole batch) whose gradient is hand-derived at batch level.
 
     Same arguments, checks and result as `conv2d_batch`. Under `jax.grad`: dW from

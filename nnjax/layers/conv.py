@@ -16,8 +16,9 @@ ONE matrix product, W reshaped to (C_out, C_in*kh*kw) times the matrix of input 
 columns are the flattened receptive fields (`im2col`): the linear-algebra view of convolution.
 
 `conv2d_batch` is the layer on a whole batch for callers that hold one (the hand-derived
-training step): the im2col matrix product, run over chunks of `BATCH_CHUNK` examples so each
-chunk's patches stay in the CPU's caches (`map_chunks`, `sum_chunks`).
+training step): the im2col matrix product, run on a CPU over chunks of `BATCH_CHUNK` examples
+so each chunk's patches stay in the caches (`map_chunks`, `sum_chunks`), on a GPU over the
+whole batch at once (`default_batch_chunk`).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, 
 
 __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
-    "im2col", "conv2d_im2col", "BATCH_CHUNK", "map_chunks", "sum_chunks", "batch_patches", "kernel_matrix",
+    "im2col", "conv2d_im2col", "BATCH_CHUNK", "BATCH_CHUNKS", "default_batch_chunk", "map_chunks", "sum_chunks", "batch_patches", "kernel_matrix",
     "check_conv_batch_args", "conv2d_batch",
 ]
 
@@ -260,13 +261,24 @@ def conv2d_im2col(params, x, stride=1, padding="valid"):
 
 
 BATCH_CHUNK = 64
-"""Examples per chunk of the batch-level im2col products (`conv2d_batch`,
+"""Examples per chunk of the batch-level im2col products on a CPU (`conv2d_batch`,
 `nnjax.backprop.conv2d_weight_grad`). Measured on a 2-core CPU (jax 0.10.2), conv 32->64 3x3
 on 13x13 maps, channels-last: the forward took 10.5 ms as one XLA convolution against 6.3 ms
 in chunks of 32 at batch 128, 77 against 24 ms at batch 512; the weight gradient 24 (one
 convolution) against 7.2 ms at batch 128 and 227 against 28 ms at batch 512. Unchunked, the
 patches of 128 examples (18 MB) outgrow the caches and the product is no faster than the
 convolution."""
+
+BATCH_CHUNKS = {"cpu": BATCH_CHUNK}
+"""backend -> examples per product when a batch-level convolution is given ``chunk=None``.
+A backend not listed (a GPU) multiplies the whole batch at once: it has no cache to stay in,
+and each chunk of a `lax.map` would be a separate round of small kernels."""
+
+
+def default_batch_chunk(batch_size: int, backend: str | None = None) -> int:
+    """Examples per product of the batch-level convolutions on `backend` (`BATCH_CHUNKS`;
+    the whole batch where none is listed). ``backend`` defaults to ``jax.default_backend()``."""
+    return BATCH_CHUNKS.get(backend or jax.default_backend(), batch_size)
 
 
 def _split_chunks(arrays, chunk: int):
@@ -277,7 +289,7 @@ def _split_chunks(arrays, chunk: int):
     return count, blocks, rest
 
 
-def map_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
+def map_chunks(fn, arrays, chunk: int | None = None):
     """fn(*arrays) for a function that maps each example independently, chunk examples at a time.
 
     A `lax.map` over the chunks (plus one call for the remainder), so XLA runs one small
@@ -287,11 +299,12 @@ def map_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
     Args:
       fn: takes arrays with a leading batch axis, returns one array with the same batch axis.
       arrays: sequence of arrays, all with the same leading size m.
-      chunk: examples per call.
+      chunk: examples per call; None: `default_batch_chunk`.
 
     Returns:
       fn's result for all m examples.
     """
+    chunk = chunk or default_batch_chunk(arrays[0].shape[0])
     count, blocks, rest = _split_chunks(arrays, chunk)
     if count <= 1:
         return fn(*arrays)
@@ -300,14 +313,14 @@ def map_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
     return out if rest[0].shape[0] == 0 else jnp.concatenate([out, fn(*rest)])
 
 
-def sum_chunks(fn, arrays, chunk: int = BATCH_CHUNK):
+def sum_chunks(fn, arrays, chunk: int | None = None):
     """fn(*arrays) for a function that SUMS over the batch (a weight gradient), chunk by chunk.
 
     A `lax.scan` adding fn's result for each chunk (plus one call for the remainder). Same
     result as fn(*arrays), up to the order of the float additions. Arguments as `map_chunks`,
     except that fn returns a pytree summed over the batch axis.
     """
-    count, blocks, rest = _split_chunks(arrays, chunk)
+    count, blocks, rest = _split_chunks(arrays, chunk or default_batch_chunk(arrays[0].shape[0]))
     if count <= 1:
         return fn(*arrays)
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *[b[0] for b in blocks]))
@@ -358,7 +371,7 @@ def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
     return W, b, X.astype(W.dtype), stride, pads
 
 
-def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int = BATCH_CHUNK):
+def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
     """`conv2d` on a whole batch: jax.vmap(conv2d)(X) computed as chunked im2col products.
 
     Z_n = patches(X_n) @ W_mat + b for each example n (`batch_patches`, `kernel_matrix`),
@@ -368,7 +381,8 @@ def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int 
       params: {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
       X: (m, C_in, H, W) (or (m, H, W, C_in) with layout="HWC").
       stride, padding, layout: as `conv2d`.
-      chunk: examples per matrix product.
+      chunk: examples per matrix product; None: `default_batch_chunk` (64 on a CPU, the
+        whole batch on a GPU).
 
     Returns:
       (m, C_out, H', W') (or (m, H', W', C_out)), equal to jax.vmap(conv2d)(X).

@@ -36,20 +36,23 @@ def build(model: str) -> nn.Module:
 
 
 def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool,
-                 threads: int | None = None) -> common.Trainer:
+                 threads: int | None = None, device: str = "cpu") -> common.Trainer:
     """One PyTorch row: eager, or with the model wrapped in `torch.compile` (default mode).
 
     Args:
         threads: intra-op threads (`torch.set_num_threads`); None keeps PyTorch's default
             (one per core).
+        device: "cpu" or "cuda"; on "cuda" the epoch's batches are put on the GPU before
+            timing (as the JAX rows' are) and each timed call waits for the GPU to finish.
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    net = build(model).train()
+    net = build(model).train().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     forward = torch.compile(net) if compiled else net
-    xs = [torch.from_numpy(x).contiguous() for x in data.inputs(model)]
-    ys = [torch.from_numpy(y).long() for y in data.labels]
+    xs = [torch.from_numpy(x).contiguous().to(device) for x in data.inputs(model)]
+    ys = [torch.from_numpy(y).long().to(device) for y in data.labels]
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
@@ -59,13 +62,16 @@ def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool,
 
     def first_step():
         step(xs[0], ys[0])
+        synchronize()
 
     def epoch():
         for x, y in zip(xs, ys):
             step(x, y)
+        synchronize()
 
     name = ("PyTorch compile" if compiled else "PyTorch eager") + (f" {threads} thread" if threads == 1 else "")
-    note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    note = f"torch {torch.__version__}, " + (torch.cuda.get_device_name() if device == "cuda"
+                                             else f"{torch.get_num_threads()} threads")
     return common.Trainer(name, "peer", first_step, epoch, common.step_flops(model, data.batch_size), note=note)
 
 
@@ -78,13 +84,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--eager", action="store_true", help="measure eager mode instead")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains")
     args = parser.parse_args(argv)
     with open(args.epoch_file, "rb") as handle:
         import numpy as np
 
         saved = np.load(handle)
         data = common.EpochData(saved["images"], saved["labels"], saved["pixels"])
-    trainer = make_trainer(args.model, data, args.lr, compiled=not args.eager, threads=args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"torch_peer: --device cuda but torch {torch.__version__} sees no CUDA device")
+    trainer = make_trainer(args.model, data, args.lr, compiled=not args.eager, threads=args.threads,
+                           device=args.device)
     first = common.timed(trainer.first_step)
     times = [common.timed(trainer.epoch) for _ in range(args.repeats)]
     json.dump({"name": trainer.name, "first_step_s": first, "epoch_s": times, "note": trainer.note}, sys.stdout)
