@@ -74,8 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="epoch modes of the JAX rows: loop (jitted step in a Python loop), scan, or both")
     parser.add_argument("--compile-timeout", type=float, default=300.0,
                         help="seconds torch.compile may take for its first step before it is skipped")
-    parser.add_argument("--matmul-size", type=int, default=2048,
-                        help="n of the n x n float32 matrix product that sets the reference FLOP rate")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="n of the n x n float32 matrix product that sets the reference FLOP rate "
+                             "(default: 2048 on a CPU, 8192 on a GPU, large enough to fill each)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the table: per-XLA-op times of nnjax's train step (autodiff and "
                              "hand-derived) for each model and batch size, from a jax.profiler trace")
@@ -434,6 +435,7 @@ def main(argv=None) -> int:
     print(f"bench: {meta['cpu']} ({meta['cores']} cores, {meta['backend']}), jax {jax.__version__}, "
           f"data: {data_note}, {memory_note} (every row), load average {meta['load_average_start'][0]:.2f}",
           flush=True)
+    args.matmul_size = args.matmul_size or (8192 if jax.default_backend() == "gpu" else 2048)
     matmul = matmul_flop_rate(args.matmul_size)
     meta["matmul_flops_per_s"] = matmul
     print(f"reference: float32 {args.matmul_size}x{args.matmul_size} matmul at {matmul / 1e9:.1f} GFLOP/s", flush=True)

@@ -141,18 +141,30 @@ def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
                                        "skipped (compile took")), entry
 
 
-@pytest.mark.parametrize("epoch_mode", ["scan", "loop"])
-def test_time_to_accuracy_smoke(tmp_path, epoch_mode):
+@pytest.mark.parametrize("epoch_mode,dtype", [("scan", "float32"), ("loop", "bfloat16")])
+def test_time_to_accuracy_smoke(tmp_path, epoch_mode, dtype):
     results, stdout = run_script("bench_time_to_accuracy.py", tmp_path / "tta.json", "--data", "synthetic",
-                                 "--models", "mlp", "--seeds", "1", "--steps", "2", "--eval-every", "1",
-                                 "--epoch-mode", epoch_mode, "--set", "mlp.batch_size=16")
+                                 "--models", "mlp", "--seeds", "2", "--steps", "2", "--eval-every", "1",
+                                 "--epoch-mode", epoch_mode, "--set", "mlp.batch_size=16",
+                                 "--set", f"mlp.compute_dtype={dtype}")
     summary = results["models"]["mlp"]
-    run = summary["runs"][0]
-    assert run["epoch_mode"] == epoch_mode and summary["settings"]["batch_size"] == 16
-    assert run["steps"] == 2 and [point["step"] for point in run["curve"]] == [1, 2]
-    assert run["compile_s"] > 0 and run["train_s"] > 0
-    assert all(0 <= point["test_accuracy"] <= 1 for point in run["curve"])
+    assert summary["settings"]["batch_size"] == 16 and summary["settings"]["compute_dtype"] == dtype
+    assert summary["compile_s"] > 0 and [run["seed"] for run in summary["runs"]] == [0, 1]
+    for run in summary["runs"]:
+        assert run["epoch_mode"] == epoch_mode and run["train_s"] > 0
+        assert run["steps"] == 2 and [point["step"] for point in run["curve"]] == [1, 2]
+        assert all(0 <= point["test_accuracy"] <= 1 for point in run["curve"])
     assert summary["target"] == 0.98 and "mlp: time to 98% test accuracy" in stdout
+
+
+def test_time_to_accuracy_settings_per_backend():
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_time_to_accuracy as tta
+
+    assert tta.default_settings("cpu") == tta.SETTINGS
+    gpu = tta.default_settings("gpu")
+    for model, changes in tta.GPU_SETTINGS.items():
+        assert gpu[model] == {**tta.SETTINGS[model], **changes} and set(changes) <= set(tta.SETTINGS[model])
 
 
 def test_bench_rejects_unknown_framework(tmp_path):
