@@ -171,3 +171,24 @@ def test_bench_rejects_unknown_framework(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--frameworks", "keras"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "allowed: nnjax, raw_jax" in done.stderr
+
+
+def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
+    """scripts/bench_gpu.sh with a stand-in for Python that echoes its arguments and fails for
+    the CNN throughput part: every part still runs, each logged, each exit status recorded."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "$@"\ncase "$*" in *"--models cnn --frameworks"*) exit 3;; esac\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(out), str(fake)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    parts = dict(line.split(": exit ") for line in (out / "parts.txt").read_text().splitlines())
+    assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn", "bench_mlp"]
+    assert parts["bench_cnn"].startswith("3 ") and all(
+        status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn")
+    for name in parts:
+        logged = (out / f"{name}.log").read_text()
+        assert f"--out {out}/{name}.json" in logged
+        assert ("bench_time_to_accuracy.py" if name.startswith("tta") else "bench.py") in logged
+    assert "compute_dtype=float32" in (out / "tta_cnn_f32.log").read_text()
