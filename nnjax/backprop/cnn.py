@@ -159,6 +159,22 @@ def _conv_batch(params, X):
     return conv2d_batch_fast(params, X, layout=_LAYOUT)
 
 
+def _dense1_channels_last(params, hwc):
+    """dense1 with its weight columns reordered from the chapter's (C, H, W) flattening of the
+    last pooled map to the (H, W, C) one: W_hwc f_hwc = W f. The batch path flattens its
+    channels-last maps as they lie, so no activation is ever transposed (the small weight
+    matrix is instead, once per step)."""
+    h, w, c = hwc
+    W = params["W"]
+    return {"W": W.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(W.shape), "b": params["b"]}
+
+
+def _dense1_channels_first_grad(dW_hwc, hwc):
+    """dL/dW of dense1 from the gradient of its `_dense1_channels_last` weights."""
+    h, w, c = hwc
+    return dW_hwc.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(dW_hwc.shape)
+
+
 def _batch_axes(device_axis=None):
     """Batch norm's axis names for a batch: the vmapped "batch", and the device axis if any."""
     return _AXIS if device_axis is None else (_AXIS, device_axis)
@@ -188,8 +204,13 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
         cache[f"bn{i}"], new_state[f"bn{i}"] = norm(params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"])
         cache[f"relu{i}"] = relu(cache[f"bn{i}"])
         h = cache[f"pool{i}"] = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))(cache[f"relu{i}"])
-    cache["flat"] = each(lambda p: to_channels_first(p, _LAYOUT).reshape(-1))(h)
-    cache["dense1"] = each(lambda f: dense(params["dense1"], f))(cache["flat"])
+    if batch:
+        dense1 = _dense1_channels_last(params["dense1"], h.shape[1:])
+        cache["flat"] = h.reshape(h.shape[0], -1)
+    else:
+        dense1 = params["dense1"]
+        cache["flat"] = to_channels_first(h, _LAYOUT).reshape(-1)
+    cache["dense1"] = each(lambda f: dense(dense1, f))(cache["flat"])
     cache["hidden"] = relu(cache["dense1"])
     cache["logits"] = each(lambda a: dense(params["dense2"], a))(cache["hidden"])
     return cache["logits"], (new_state if train else state), cache
@@ -283,9 +304,12 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
     grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)
     delta = activation_backward("relu", cache["dense1"], delta)
-    grads["dense1"], delta = _dense_batch_backward(params["dense1"], cache["flat"], delta)
-    m, h, w, c = cache[f"pool{num_blocks}"].shape
-    delta = to_channels_last(delta.reshape(m, c, h, w), "CHW")
+    pooled = cache[f"pool{num_blocks}"]
+    dense1_grads, delta = _dense_batch_backward(_dense1_channels_last(params["dense1"], pooled.shape[1:]),
+                                                cache["flat"], delta)
+    grads["dense1"] = {"W": _dense1_channels_first_grad(dense1_grads["W"], pooled.shape[1:]),
+                       "b": dense1_grads["b"]}
+    delta = delta.reshape(pooled.shape)
     grads.update(_blocks_backward(params, to_channels_last(X, "CHW"), cache, delta, num_blocks, axes))
     return logits, new_state, grads
 
