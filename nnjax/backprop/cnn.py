@@ -28,6 +28,10 @@ run their per-example backward under `jax.vmap` (batch norm's with the named bat
 the batch means). The forward of a batch (`_forward(..., batch=True)`, which
 `nnjax.network.cnn_apply_batch` and the training code share) runs the convolutions
 batch-level too (`conv2d_batch_fast`) and every other layer per example under `jax.vmap`.
+It computes the same values in a cheaper order: p_i = ReLU(maxpool(u_i)) (max commutes with
+the non-decreasing ReLU), so its backward is delta_v_i = delta_p_i * ReLU'(p_i) on the small
+map, then maxpool_backward(u_i, delta_v_i); and it flattens p_N channels-last, with W1's
+columns reordered to match, so no feature map is transposed.
 
 The network's own functions (`nnjax.network.cnn_init`, `cnn_apply`, `cnn_loss`) build on
 `cnn_forward`; it lives here, below the network, as the first half of backpropagation.
