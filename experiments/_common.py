@@ -115,6 +115,10 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
                       help="examples per evaluation call")
     output = parser.add_argument_group("output")
     output.add_argument("--no-progress", action="store_true", help="no progress bars")
+    output.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                        help="folder keeping compiled programs across runs, so a re-run skips most "
+                             f"compilation (default: ${training.COMPILE_CACHE_ENV}, else "
+                             "~/.cache/nnjax/xla); off: compile afresh")
     output.add_argument("--stop-after-epoch", type=positive_int, default=None,
                         help="stop after this epoch's checkpoint, as if killed; --resume continues")
     return parser
@@ -142,6 +146,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
     """
     training.use_host_cores()
     training.reuse_freed_memory()
+    training.use_compile_cache(args.compile_cache)
     try:
         splits = training.load_splits(args.limit_train, args.val)
     except DataError as error:

@@ -39,6 +39,7 @@ import platform
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -59,7 +60,7 @@ from nnjax.network import cnn_apply_batch, cnn_init, mlp_init, mlp_logits
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
     "SCHEDULES", "COMPUTE_DTYPES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
-    "reuse_freed_memory", "REUSE_MEMORY_ENV",
+    "reuse_freed_memory", "REUSE_MEMORY_ENV", "use_compile_cache", "COMPILE_CACHE_ENV",
     "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_train_step",
     "make_evaluate", "evaluate", "compare_gradient_sources", "save_checkpoint",
@@ -438,6 +439,39 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return all(mallopt(number, value) == 1 for _, number, _, value in _MALLOC_SETTINGS)
+
+
+COMPILE_CACHE_ENV = "NNJAX_COMPILE_CACHE"
+"""The environment variable naming the compile cache's folder (or "off"), `use_compile_cache`."""
+COMPILE_CACHE_MIN_SECONDS = 0.5
+"""Programs that compile faster than this are not worth a file."""
+
+
+def use_compile_cache(folder: str | None = None) -> str | None:
+    """Keeps compiled XLA programs on disk, so a later run of the same program loads it.
+
+    JAX's persistent compilation cache: every program that took over
+    `COMPILE_CACHE_MIN_SECONDS` to compile is written to `folder`, keyed by the program, the
+    JAX and XLA versions and flags, and the device; a later process compiling the same one
+    reads it back (the CNN's train step: seconds to compile, a fraction of one to load). Call
+    it first thing, like `use_host_cores`: JAX decides once per process, at its first
+    compilation, whether to use the cache.
+
+    Args:
+      folder: where; None means ``$NNJAX_COMPILE_CACHE``, else JAX's own setting
+        (``$JAX_COMPILATION_CACHE_DIR``), else ``~/.cache/nnjax/xla``; "off" (as the argument
+        or the variable) leaves the cache as JAX has it (off unless JAX's variable is set).
+
+    Returns:
+      The folder in use, or None when off.
+    """
+    folder = (folder or os.environ.get(COMPILE_CACHE_ENV) or jax.config.jax_compilation_cache_dir
+              or str(Path.home() / ".cache" / "nnjax" / "xla"))
+    if folder == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILE_CACHE_MIN_SECONDS)
+    return folder
 
 
 def resolve_devices(requested: int | str, model_kind: str, batch_size: int,

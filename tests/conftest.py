@@ -2,12 +2,16 @@
 
 The CPU is presented to XLA as two devices (before JAX starts), so data-parallel training
 (`nnjax.training`, ``devices=2``) runs in the tests as it does in the experiments; code that
-does not ask for several devices runs on the first, as before.
+does not ask for several devices runs on the first, as before. The experiments run here (in
+this process and in child processes) keep no compile cache unless a test gives them one.
 """
-from nnjax.training import reuse_freed_memory, use_host_cores
+import os
+
+from nnjax.training import COMPILE_CACHE_ENV, reuse_freed_memory, use_host_cores
 
 use_host_cores(2)
 reuse_freed_memory()
+os.environ[COMPILE_CACHE_ENV] = "off"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -168,3 +168,22 @@ def test_gradient_flow_shows_vanishing_and_exploding_gradients(tmp_path, capsys)
         assert list(by_depth) == ["2", "3"]
         for d, n in by_depth.items():
             np.testing.assert_allclose(n, results["norms"][key][d], rtol=1e-8)
+
+
+def test_compile_cache_is_written_then_read_with_the_same_result(tmp_path):
+    """The CNN experiment with --compile-cache: the first run writes its compiled programs
+    there, a second run (loading them) reproduces the first's numbers exactly."""
+    cache = tmp_path / "xla"
+    command = [sys.executable, os.path.join(EXPERIMENTS, "mnist_cnn.py"), "--limit-train", "256",
+               "--epochs", "1", "--batch-size", "64", "--eval-batch-size", "500", "--no-progress",
+               "--compile-cache", str(cache)]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    results = []
+    for run in ("first", "second"):
+        done = subprocess.run(command + ["--out", str(tmp_path / run)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if run == "first":
+            assert any(cache.iterdir()), "nothing was written to the compile cache"
+        with open(tmp_path / run / "results.json") as f:
+            results.append(json.load(f))
+    assert history_metrics(results[0]) == history_metrics(results[1])
