@@ -53,9 +53,10 @@ of 128, so fewer, larger steps reach the target sooner. The CNN's batch, rate an
 were chosen on the CPU (one seed, 2026-11-26): batch 512 with label smoothing 0.1 met 99%
 after 420 steps (3.6 epochs); without smoothing, over 4 epochs, it peaked at 98.98%; batch
 1024 at lr 8e-3 over 6 epochs peaked at 98.88%, and with smoothing at lr 1e-2 over 8 epochs
-met 99% after 280 steps (no sooner on a GPU: a step of 1024 took 1.0 ms). bfloat16 measured on an H200 (3 seeds each):
-99% after 370-470 steps against 330-440 in float32 (the same accuracy), 0.54-0.57 ms per step
-against 0.64-0.66, mean 0.23 s against 0.26 s (docs/benchmarks.md, "GPU"). The MLP's: batch
+met 99% after 280 steps (no sooner on a GPU: a step of 1024 took 1.0 ms). bfloat16, measured
+on an H200 (3 seeds each): 99% after 370-470 steps against 330-440 in float32 (the same
+accuracy), 0.54-0.57 ms per step against 0.64-0.66, mean 0.23 s against 0.26 s
+(docs/benchmarks.md, "GPU"). The MLP's: batch
 512 at lr 5e-3 over 10 epochs met 98% for 2 seeds of 3 on the H200, and the same on the CPU
 (so did lr 3e-3 over 12 epochs, 1 of 3, and label smoothing 0.1, 2 of 3); batch 256 at lr
 3e-3 over 10 epochs met it for all 3 on the CPU (1220-1500 steps), not yet run on a GPU."""

@@ -47,7 +47,8 @@ from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
-from nnjax.backprop.custom_vjp import batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
+from nnjax.backprop.custom_vjp import _BATCH as _AXIS
+from nnjax.backprop.custom_vjp import _batch_axes, batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
 from nnjax.backprop.normalization import batch_norm_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv_output_size
@@ -62,7 +63,6 @@ __all__ = ["POOL_WINDOW", "cnn_feature_shape", "cnn_num_blocks",
 POOL_WINDOW = 2
 """Every block ends in a 2x2 max pool with stride 2, halving H and W (rounding down)."""
 
-_AXIS = "batch"
 _LAYOUT = "HWC"
 """The CNN's feature maps are channels-last inside (`nnjax.layers.layout`): measured on a 2-core
 CPU (jax 0.10.2) at batch 128, nnjax's training step took 118 ms channels-last against 135 ms
@@ -179,11 +179,6 @@ def _dense1_channels_first_grad(dW_hwc, hwc):
     return dW_hwc.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(dW_hwc.shape)
 
 
-def _batch_axes(device_axis=None):
-    """Batch norm's axis names for a batch: the vmapped "batch", and the device axis if any."""
-    return _AXIS if device_axis is None else (_AXIS, device_axis)
-
-
 def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False, device_axis=None):
     """`cnn_forward` with the feature maps channels-last (H, W, C) in the cache, naming the
     public function `fn` in error messages.
@@ -204,13 +199,13 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
         check_rank(fn, "X", x, 4, "a batch (m, C, H, W); for one image use cnn_apply")
     n = _check_input(fn, params, state, x[0] if batch else x)
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
+    pool = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))
     for i in range(1, n + 1):
         cache[f"conv{i}"] = conv(params[f"conv{i}"], h)
         norm = partial(batch_norm_batch_fast, device_axis=device_axis, layout=_LAYOUT) if batch and train \
             else each(lambda p, s, z: batch_norm(p, s, z, train=train, axis_name=axis_name, layout=_LAYOUT),
                       in_axes=(None, None, 0), out_axes=(0, None))
         cache[f"bn{i}"], new_state[f"bn{i}"] = norm(params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"])
-        pool = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))
         if batch:
             h = cache[f"pool{i}"] = relu(pool(cache[f"bn{i}"]))
         else:

@@ -117,6 +117,11 @@ _BATCH = "batch"
 """The name of the vmapped batch axis inside `batch_norm_batch_fast`."""
 
 
+def _batch_axes(device_axis=None):
+    """Batch norm's axis names for a batch: the vmapped "batch", and the device axis if any."""
+    return _BATCH if device_axis is None else (_BATCH, device_axis)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _batch_norm_batch(axes, momentum, eps, layout, params, state, X):
     return jax.vmap(lambda x: batch_norm(params, state, x, train=True, axis_name=axes, momentum=momentum,
@@ -158,8 +163,7 @@ def batch_norm_batch_fast(params, state, X, *, device_axis=None, momentum=0.9, e
     Returns:
       (Y of X's shape, new_state).
     """
-    axes = _BATCH if device_axis is None else (_BATCH, device_axis)
-    return _batch_norm_batch(axes, momentum, eps, layout, params, state, X)
+    return _batch_norm_batch(_batch_axes(device_axis), momentum, eps, layout, params, state, X)
 
 
 def _pool_vjp(forward, backward):

@@ -35,8 +35,8 @@ from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, 
 
 __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
-    "im2col", "conv2d_im2col", "BATCH_CHUNK", "BATCH_CHUNKS", "default_batch_chunk", "map_chunks", "sum_chunks", "batch_patches", "kernel_matrix",
-    "check_conv_batch_args", "conv2d_batch",
+    "im2col", "conv2d_im2col", "BATCH_CHUNK", "BATCH_CHUNKS", "default_batch_chunk", "map_chunks",
+    "sum_chunks", "batch_patches", "kernel_matrix", "check_conv_batch_args", "conv2d_batch",
 ]
 
 PADDING_MODES = ("valid", "same")
@@ -281,8 +281,10 @@ def default_batch_chunk(batch_size: int, backend: str | None = None) -> int:
     return BATCH_CHUNKS.get(backend or jax.default_backend(), batch_size)
 
 
-def _split_chunks(arrays, chunk: int):
-    """The leading axis of each array cut into (count, chunk, ...) blocks plus the remainder."""
+def _split_chunks(arrays, chunk: int | None):
+    """The leading axis of each array cut into (count, chunk, ...) blocks plus the remainder;
+    chunk None is `default_batch_chunk`."""
+    chunk = chunk or default_batch_chunk(arrays[0].shape[0])
     count = arrays[0].shape[0] // chunk
     blocks = [a[:count * chunk].reshape(count, chunk, *a.shape[1:]) for a in arrays]
     rest = [a[count * chunk:] for a in arrays]
@@ -304,12 +306,11 @@ def map_chunks(fn, arrays, chunk: int | None = None):
     Returns:
       fn's result for all m examples.
     """
-    chunk = chunk or default_batch_chunk(arrays[0].shape[0])
     count, blocks, rest = _split_chunks(arrays, chunk)
     if count <= 1:
         return fn(*arrays)
     out = lax.map(lambda block: fn(*block), blocks)
-    out = out.reshape(count * chunk, *out.shape[2:])
+    out = out.reshape(-1, *out.shape[2:])
     return out if rest[0].shape[0] == 0 else jnp.concatenate([out, fn(*rest)])
 
 
@@ -320,7 +321,7 @@ def sum_chunks(fn, arrays, chunk: int | None = None):
     result as fn(*arrays), up to the order of the float additions. Arguments as `map_chunks`,
     except that fn returns a pytree summed over the batch axis.
     """
-    count, blocks, rest = _split_chunks(arrays, chunk or default_batch_chunk(arrays[0].shape[0]))
+    count, blocks, rest = _split_chunks(arrays, chunk)
     if count <= 1:
         return fn(*arrays)
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *[b[0] for b in blocks]))
