@@ -276,6 +276,44 @@ def test_checkpoint_from_before_a_setting_existed_resumes(small_splits, referenc
     assert metrics(resumed) == metrics(reference["results"])
 
 
+def test_compiler_options_on_a_cpu_and_elsewhere(monkeypatch):
+    options = training.compiler_options("cpu")
+    assert options == training.CPU_COMPILER_OPTIONS
+    options["xla_cpu_use_fusion_emitters"] = True
+    assert training.compiler_options("cpu") == training.CPU_COMPILER_OPTIONS, "callers got a shared dict"
+    assert training.compiler_options("gpu") == {}
+    monkeypatch.setattr(training, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_the_test": True})
+    training._cpu_options_known.cache_clear()
+    try:
+        assert training.compiler_options("cpu") == {}, "an option this XLA lacks must not be passed"
+    finally:
+        training._cpu_options_known.cache_clear()
+
+
+@pytest.mark.parametrize("grads", training.GRAD_SOURCES)
+def test_cnn_step_compiled_with_the_options_matches_the_default_compile(full_splits, grads):
+    """Another code generator, the same step: outputs equal to float32 rounding."""
+    import optax
+
+    model = training.cnn_model()
+    params, state = model.init(jax.random.key(1))
+    data = training._Data(jnp.asarray(full_splits.train_images[:32]), jnp.asarray(full_splits.train_labels[:32]))
+    batches = jnp.arange(32).reshape(1, 32)
+    optimizer = optax.sgd(0.1)
+    carry = (params, optimizer.init(params), state, jnp.int32(0))
+    lowered = jax.jit(training.make_train_step(model, optimizer, grads)).lower(carry, data, batches)
+    default = lowered.compile()(carry, data, batches)
+    tuned = lowered.compile(training.compiler_options())(carry, data, batches)
+    for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(tuned)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_standardized_pixels_are_the_mnist_standardization():
+    pixels = np.arange(256, dtype=np.uint8)
+    expected = (pixels / 255.0 - training.MNIST_MEAN) / training.MNIST_STD
+    np.testing.assert_allclose(np.asarray(training._standardize(jnp.asarray(pixels))), expected, rtol=0, atol=1e-6)
+
+
 def test_epoch_mode_auto_uses_the_measured_table():
     assert training.resolve_epoch_mode("auto", "mlp", "cpu") == "scan"
     assert training.resolve_epoch_mode("auto", "cnn", "cpu") == "loop"

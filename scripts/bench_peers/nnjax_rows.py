@@ -4,7 +4,8 @@
 As in `train`, the data stays on the device as uint8 (the step gathers and standardizes its
 batch) and the step's carry is donated; the batches are taken in the benchmark's fixed order.
 Each batch is split across as many devices as `train` would use (`resolve_devices("auto")`:
-on a CPU presented as several devices, the CNN's batches are; the MLP's are not).
+on a CPU presented as several devices, the CNN's batches are; the MLP's are not), and the
+steps are compiled with the XLA options `train` uses (`training.compiler_options()`).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
-        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data, batches).compile()
+        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data,
+                                          batches).compile(training.compiler_options())
         carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)
         jax.block_until_ready((carry, metrics))
         holder["trained"] = carry[:3]
@@ -94,7 +96,8 @@ def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
-        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data, batches).compile()
+        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data,
+                                          batches).compile(training.compiler_options())
 
     def epoch():
         carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)

@@ -18,6 +18,7 @@ import tempfile
 import jax
 
 from bench_peers import common, nnjax_rows
+from nnjax import training
 
 LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
              "transpose", "pad", "slice", "dynamic-slice", "gather", "scatter", "maximum",
@@ -66,7 +67,8 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     data = common.cut_epoch(images, labels, batch_size, 4)
     step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads)
     carry = nnjax_rows._fresh_carry(trained, devices)
-    compiled = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile()
+    compiled = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile(
+        training.compiler_options())
     hlo = compiled.as_text()
 
     def run(n):
