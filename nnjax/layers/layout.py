@@ -50,24 +50,14 @@ def image_shape(channels: int, height: int, width: int, layout: str) -> tuple[in
     return (channels, height, width) if layout == "CHW" else (height, width, channels)
 
 
-def _move_axis(x, source: int, destination: int):
-    """jnp.moveaxis, as a reshape when the moved axis has length 1 (one channel): the same
-    values, and XLA sees no transpose (it compiled one into each slice of the patches)."""
-    if x.shape[source] == 1:
-        shape = list(x.shape)
-        shape.insert(destination % x.ndim, shape.pop(source))
-        return x.reshape(shape)
-    return jnp.moveaxis(x, source, destination)
-
-
 def to_channels_first(x, layout: str):
     """One image (or a batch, leading axes kept) from `layout` to (C, H, W)."""
-    return x if layout == "CHW" else _move_axis(x, -1, -3)
+    return x if layout == "CHW" else jnp.moveaxis(x, -1, -3)
 
 
 def to_channels_last(x, layout: str):
     """One image (or a batch, leading axes kept) from `layout` to (H, W, C)."""
-    return x if layout == "HWC" else _move_axis(x, -3, -1)
+    return x if layout == "HWC" else jnp.moveaxis(x, -3, -1)
 
 
 def from_channels_last(x, layout: str):
