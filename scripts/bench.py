@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="epoch modes of the JAX rows: loop (jitted step in a Python loop), scan, or both")
     parser.add_argument("--compile-timeout", type=float, default=300.0,
                         help="seconds torch.compile may take for its first step before it is skipped")
+    parser.add_argument("--compile-workers", type=int, default=1,
+                        help="JAX rows compiled (warmed up) at once, in threads; >1 shortens the warm-up "
+                             "phase on a many-core host (a GPU machine) but each row's warm-up time then "
+                             "overlaps the others' (the JSON's meta says so)")
     parser.add_argument("--matmul-size", type=int, default=None,
                         help="n of the n x n float32 matrix product that sets the reference FLOP rate "
                              "(default: 2048 on a CPU, 8192 on a GPU, large enough to fill each)")
@@ -94,8 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     except ValueError:
         parser.error(f"--batch-sizes={args.batch_sizes!r}: expected comma-separated integers")
-    if min(args.batch_sizes) < 2 or (args.steps is not None and args.steps < 1) or args.repeats < 1:
-        parser.error("--batch-sizes must be >= 2 (batch norm needs two examples); --steps and --repeats >= 1")
+    if min(args.batch_sizes) < 2 or (args.steps is not None and args.steps < 1) or args.repeats < 1 \
+            or args.compile_workers < 1:
+        parser.error("--batch-sizes must be >= 2 (batch norm needs two examples); --steps, --repeats and "
+                     "--compile-workers >= 1")
     return args
 
 
@@ -154,9 +161,9 @@ def skipped(name: str, family: str, reason: str) -> dict:
     return {"name": name, "family": family, "status": reason}
 
 
-def jax_entries(framework: str, model: str, data: common.EpochData, args) -> list[dict]:
-    """The rows of a JAX framework (nnjax, raw JAX, Flax NNX, Equinox), each warmed up (trace +
-    compile + first step, timed) and ready for its timed epochs; or its skipped/failed row."""
+def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list:
+    """The rows of a JAX framework (nnjax, raw JAX, Flax NNX, Equinox) in --modes: a trainer for
+    each, still to be warmed up (`warmed_up`); or the framework's skipped/failed row."""
     family = framework if framework in ("nnjax", "raw_jax") else "peer"
     try:
         module = __import__(f"bench_peers.{PEER_MODULES[framework]}", fromlist=["make_trainers"])
@@ -166,16 +173,20 @@ def jax_entries(framework: str, model: str, data: common.EpochData, args) -> lis
         trainers = module.make_trainers(model, data, args.lr)
     except Exception as error:  # noqa: BLE001 - e.g. a model nnjax does not provide yet
         return [failed(PEER_LABELS.get(framework, framework), family, error)]
-    entries = []
-    for trainer in (t for t in trainers if t.name.split()[-1] in args.modes):
-        try:
-            warmup_s = common.timed(trainer.first_step)
-        except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
-            entries.append(failed(trainer.name, trainer.family, error))
-            continue
-        entries.append({"name": trainer.name, "family": trainer.family, "status": RUNNING,
-                        "warmup_s": warmup_s, "epoch_s": [], "trainer": trainer})
-    return entries
+    return [t for t in trainers if t.name.split()[-1] in args.modes]
+
+
+def warmed_up(row) -> dict:
+    """A trainer from `jax_rows` warmed up (trace + compile + first step, timed) and ready for
+    its timed epochs, or its failed row; a row that is already a record passes through."""
+    if isinstance(row, dict):
+        return row
+    try:
+        warmup_s = common.timed(row.first_step)
+    except Exception as error:  # noqa: BLE001 - a row that fails is reported, the others go on
+        return failed(row.name, row.family, error)
+    return {"name": row.name, "family": row.family, "status": RUNNING, "warmup_s": warmup_s,
+            "epoch_s": [], "trainer": row}
 
 
 def torch_entries(model: str, data: common.EpochData, args, epoch_file: str) -> list[dict]:
@@ -249,11 +260,11 @@ def run_config(model: str, batch_size: int, images, labels, args) -> list[dict]:
     """
     steps = args.steps or common.EPOCH_EXAMPLES // batch_size
     data = common.cut_epoch(images, labels, batch_size, steps)
-    entries = []
-    for framework in ("nnjax", "raw_jax", "flax", "equinox"):
-        if framework in args.frameworks:
-            entries += jax_entries(framework, model, data, args)
-            print(f"  {model} B={batch_size}: {framework} compiled", file=sys.stderr, flush=True)
+    rows = [row for framework in ("nnjax", "raw_jax", "flax", "equinox") if framework in args.frameworks
+            for row in jax_rows(framework, model, data, args)]
+    with ThreadPoolExecutor(args.compile_workers) as pool:
+        entries = list(pool.map(warmed_up, rows))
+    print(f"  {model} B={batch_size}: {len(rows)} JAX rows compiled", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as folder:
         epoch_file = os.path.join(folder, "epoch.npz")
         np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
@@ -431,7 +442,9 @@ def main(argv=None) -> int:
     images, labels, data_note = load_data(args.data)
     meta = machine()
     meta.update(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), data=data_note, malloc=memory_note,
-                lr=args.lr, repeats=args.repeats)
+                lr=args.lr, repeats=args.repeats, compile_workers=args.compile_workers)
+    if args.compile_workers > 1:
+        meta["warmup_note"] = f"JAX rows warmed up {args.compile_workers} at a time: their warm-up times overlap"
     print(f"bench: {meta['cpu']} ({meta['cores']} cores, {meta['backend']}), jax {jax.__version__}, "
           f"data: {data_note}, {memory_note} (every row), load average {meta['load_average_start'][0]:.2f}",
           flush=True)
@@ -447,6 +460,8 @@ def main(argv=None) -> int:
             add_ratios(rows, matmul)
             steps = args.steps or common.EPOCH_EXAMPLES // batch_size
             summary = summarize(model, batch_size, rows)
+            if args.compile_workers > 1:
+                summary["first_step_s"] = None  # the warm-ups overlapped: not a first step's time
             results["configs"].append({"model": model, "batch_size": batch_size, "steps": steps,
                                        "rows": rows, "summary": summary,
                                        "wall_s": time.perf_counter() - start})

@@ -92,7 +92,7 @@ def test_missing_peer_is_reported_skipped_not_installed(bench_module, monkeypatc
     monkeypatch.delitem(sys.modules, "bench_peers.flax_nnx", raising=False)
     args = bench_module.parse_args(["--frameworks", "flax"])
     images, labels = common.synthetic_mnist(8)
-    rows = bench_module.jax_entries("flax", "mlp", common.cut_epoch(images, labels, 4, 2), args)
+    rows = bench_module.jax_rows("flax", "mlp", common.cut_epoch(images, labels, 4, 2), args)
     assert rows == [{"name": "Flax NNX", "family": "peer", "status": "skipped (not installed: flax)"}]
 
 
@@ -102,13 +102,11 @@ def test_timed_epochs_are_interleaved_across_rows_in_rotating_order(bench_module
     bench = bench_module
     order = []
 
-    def fake_entries(framework, model, data, args):
-        def trainer(name):
-            return common.Trainer(name, "nnjax", lambda: None, lambda: order.append(name), 1.0)
-        return [{"name": name, "family": "nnjax", "status": bench.RUNNING, "warmup_s": 0.5, "epoch_s": [],
-                 "trainer": trainer(name)} for name in ("a", "b", "c")]
+    def fake_rows(framework, model, data, args):
+        return [common.Trainer(name, "nnjax", lambda: None, lambda name=name: order.append(name), 1.0)
+                for name in ("a", "b", "c")]
 
-    monkeypatch.setattr(bench, "jax_entries", fake_entries)
+    monkeypatch.setattr(bench, "jax_rows", fake_rows)
     monkeypatch.setitem(sys.modules, "torch", None)  # PyTorch missing, as in CI: its rows are skipped
     monkeypatch.delitem(sys.modules, "bench_peers.torch_peer", raising=False)
     args = bench.parse_args(["--frameworks", "nnjax,torch,torch_compile", "--repeats", "3", "--models", "mlp"])
@@ -120,6 +118,29 @@ def test_timed_epochs_are_interleaved_across_rows_in_rotating_order(bench_module
     torch_rows = ["PyTorch eager"] + (["PyTorch eager 1 thread"] if (os.cpu_count() or 1) > 1 else []) + ["PyTorch compile"]
     assert {row["name"]: row["status"] for row in rows[3:]} == {
         name: "skipped (not installed: torch)" for name in torch_rows}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compile_workers_warm_rows_up_together_and_keep_their_order(bench_module, monkeypatch, workers):
+    """Two rows whose warm-ups each wait for the other: with 2 workers both finish, with 1 the
+    first times out and becomes a failed row (a broken barrier); the order is kept either way."""
+    import threading
+
+    from bench_peers import common
+
+    bench = bench_module
+    meeting = threading.Barrier(2, timeout=5 if workers > 1 else 0.5)
+
+    def fake_rows(framework, model, data, args):
+        return [common.Trainer(name, "nnjax", meeting.wait, lambda: None, 1.0) for name in ("a", "b")]
+
+    monkeypatch.setattr(bench, "jax_rows", fake_rows)
+    args = bench.parse_args(["--frameworks", "nnjax", "--repeats", "1", "--compile-workers", str(workers)])
+    images, labels = common.synthetic_mnist(8)
+    rows = bench.run_config("mlp", 4, images, labels, args)
+    assert [row["name"] for row in rows] == ["a", "b"]
+    expected = "measured" if workers > 1 else "failed: BrokenBarrierError"
+    assert all(row["status"].startswith(expected) for row in rows), rows
 
 
 def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
@@ -177,18 +198,26 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     """scripts/bench_gpu.sh with a stand-in for Python that echoes its arguments and fails for
     the CNN throughput part: every part still runs, each logged, each exit status recorded."""
     fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@"\ncase "$*" in *"--models cnn --frameworks"*) exit 3;; esac\n')
+    fake.write_text('#!/bin/sh\necho "$@"\ncase "$*" in *"--models cnn --frameworks nnjax,raw_jax"*) exit 3;; esac\n')
     fake.chmod(0o755)
     out = tmp_path / "out"
     done = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(out), str(fake)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     parts = dict(line.split(": exit ") for line in (out / "parts.txt").read_text().splitlines())
-    assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn", "bench_mlp"]
+    assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn", "bench_mlp",
+                           "bench_cnn_compile", "bench_mlp_compile"]
     assert parts["bench_cnn"].startswith("3 ") and all(
         status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn")
     for name in parts:
         logged = (out / f"{name}.log").read_text()
         assert f"--out {out}/{name}.json" in logged
-        assert ("bench_time_to_accuracy.py" if name.startswith("tta") else "bench.py") in logged
+        assert ("bench_time_to_accuracy.py" if name.startswith("tta") else "bench.py --modes scan --compile-workers 8") in logged
     assert "compute_dtype=float32" in (out / "tta_cnn_f32.log").read_text()
+    assert "--frameworks nnjax,torch_compile --repeats 1" in (out / "bench_mlp_compile.log").read_text()
+
+    chosen = tmp_path / "chosen"
+    done = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(chosen), str(fake)], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env={**os.environ, "BENCH_PARTS": "tta_mlp,bench_mlp"})
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in (chosen / "parts.txt").read_text().splitlines()] == ["tta_mlp", "bench_mlp"]
