@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from nnjax.backprop.normalization import (
-    batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
+    batch_norm_backward, batch_norm_batch_backward, group_norm_backward, instance_norm_backward,
+    layer_norm_backward,
 )
 from nnjax.layers.normalization import (
     batch_norm, batch_norm_init, group_norm, group_norm_init, instance_norm, instance_norm_init,
@@ -209,6 +210,32 @@ def test_batch_norm_backward(x64, shape):
     _check_backward(forward, params, X, manual)
 
 
+@pytest.mark.parametrize("shape, layout", [((5, 3), "CHW"), ((4, 2, 3, 5), "CHW"), ((4, 3, 5, 2), "HWC")],
+                         ids=["features", "images", "images-channels-last"])
+def test_batch_norm_batch_backward(x64, shape, layout):
+    """The whole-batch backward (its means taken from the parameter gradients) against jax.vjp
+    of the vmapped forward and finite differences, and equal to the per-example backward."""
+    channels = shape[1] if layout == "CHW" else shape[-1]
+    params = _random_affine(17, (channels,))
+    _, state = batch_norm_init(channels)
+    X = 1.0 + 2.0 * _normal(18, shape)
+
+    def forward(p, X):
+        return jax.vmap(lambda x: batch_norm(p, state, x, train=True, layout=layout), axis_name="batch",
+                        out_axes=(0, None))(X)[0]
+
+    def manual(p, X, D):
+        return batch_norm_batch_backward(p, X, D, layout=layout)
+
+    _check_backward(forward, params, X, manual)
+    D = _normal(19, shape)
+    per_example, dx = jax.vmap(lambda x, d: batch_norm_backward(params, x, d, layout=layout), axis_name="batch")(X, D)
+    grads, dX = manual(params, X, D)
+    np.testing.assert_allclose(dX, dx, rtol=1e-10, atol=1e-12)
+    for name in ("gamma", "beta"):
+        np.testing.assert_allclose(grads[name], per_example[name].sum(axis=0), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(6,), (2, 3, 4)])
 def test_layer_norm_backward(x64, shape):
     params = _random_affine(15, shape)
@@ -309,6 +336,12 @@ def test_batch_norm_needs_more_than_one_value_per_feature():
     (lambda p, s: batch_norm({"gamma": jnp.ones(3)}, s, jnp.ones(3), train=False), TypeError, '"beta"'),
     (lambda p, s: batch_norm_init(0), ValueError, "num_features"),
     (lambda p, s: batch_norm_backward(p, jnp.ones(3), jnp.ones(4)), AssertionError, "delta"),
+    (lambda p, s: batch_norm_batch_backward(p, jnp.ones((2, 3)), jnp.ones((2, 4))), AssertionError,
+     r"batch_norm_batch_backward.*delta"),
+    (lambda p, s: batch_norm_batch_backward(p, jnp.ones(3), jnp.ones(3)), AssertionError,
+     r"batch_norm_batch_backward: X has shape \(3,\) \(rank 1\).*\(m, F\)"),
+    (lambda p, s: batch_norm_batch_backward(p, jnp.ones((2, 4)), jnp.ones((2, 4))), AssertionError,
+     r"gamma.*\(4,\)"),
 ])
 def test_batch_norm_errors(call, error, pattern):
     params, state = batch_norm_init(3)

@@ -16,16 +16,16 @@ delta = dL/d(each output), for L = 1/m sum_i softmax_cross_entropy(logits_i, y_i
     per block, i = N, ..., 1:
       delta_a_i = maxpool_backward(a_i, delta_p_i)          routed to each window's maximum
       delta_u_i = delta_a_i * ReLU'(u_i)                    activation_backward
-      dgamma_i, dbeta_i, delta_z_i = batch_norm_backward    through the batch mean and variance
+      dgamma_i, dbeta_i, delta_z_i = batch_norm_batch_backward   through the batch mean and variance
       dW_i, db_i, delta_p_{i-1} = conv backward             correlation of input and delta,
                                                             full convolution with the flipped kernel
 
 Every step runs on the whole batch, so the parameter gradients are never materialized per
 example: the dense layers as dW = Delta^T A (the m outer products delta a^T summed by one
 matrix product), the convolutions with `conv2d_weight_grad` (chunked im2col products, the
-batch contracted inside) and `conv2d_input_grad` (one convolution). Pooling and batch norm
-run their per-example backward under `jax.vmap` (batch norm's with the named batch axis, for
-the batch means). The forward of a batch (`_forward(..., batch=True)`, which
+batch contracted inside) and `conv2d_input_grad` (one convolution). Pooling runs its
+per-example backward under `jax.vmap`; batch norm's backward takes the whole batch
+(`batch_norm_batch_backward`: its parameter gradients are the sums its means need). The forward of a batch (`_forward(..., batch=True)`, which
 `nnjax.network.cnn_apply_batch` and the training code share) runs the convolutions
 batch-level too (`conv2d_batch_fast`) and every other layer per example under `jax.vmap`.
 It computes the same values in a cheaper order: p_i = ReLU(maxpool(u_i)) (max commutes with
@@ -47,9 +47,9 @@ from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
-from nnjax.backprop.custom_vjp import _BATCH as _AXIS
-from nnjax.backprop.custom_vjp import _batch_axes, batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
-from nnjax.backprop.normalization import batch_norm_backward
+from nnjax.backprop.custom_vjp import batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
+from nnjax.backprop.normalization import BATCH_AXIS as _AXIS
+from nnjax.backprop.normalization import batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv_output_size
 from nnjax.layers.dense import dense
@@ -186,7 +186,7 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     With batch=True, x is a batch (m, C, H, W) and every cached value gets a leading batch
     axis: the convolutions run batch-level (`_conv_batch`), batch norm in training on the
     whole batch (`batch_norm_batch_fast`, over "batch" and `device_axis`), the other layers per
-    example under `jax.vmap`; `axis_name` is then `_batch_axes(device_axis)`. Two things differ
+    example under `jax.vmap`; `axis_name` is then `batch_axes(device_axis)`. Two things differ
     in the batch cache, for speed: "flat" is the (H, W, C) flattening, multiplied by
     `_dense1_channels_last`'s weights (no activation is transposed); and each block pools
     before its ReLU, ReLU(maxpool(u)) = maxpool(ReLU(u)) (max commutes with a non-decreasing
@@ -194,7 +194,7 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     """
     each, conv = (_vmapped, _conv_batch) if batch else (_per_example, _conv)
     if batch:
-        axis_name = _batch_axes(device_axis)
+        axis_name = batch_axes(device_axis)
         x = check_float_array(fn, "X", x)
         check_rank(fn, "X", x, 4, "a batch (m, C, H, W); for one image use cnn_apply")
     n = _check_input(fn, params, state, x[0] if batch else x)
@@ -262,11 +262,11 @@ def _conv_batch_backward(params, X, Delta, input_grad: bool):
     return grads, conv2d_input_grad(W, Delta, X.shape[1:3], _STRIDE, _VALID, _LAYOUT)
 
 
-def _blocks_backward(params, X, cache, delta, num_blocks, axes):
+def _blocks_backward(params, X, cache, delta, num_blocks, device_axis):
     """The batch's backward through the conv blocks, from delta = dL/dp_N (m, H_N, W_N, C_N).
 
-    X: the images channels-last (m, H, W, C); cache: `_forward`'s, batched; axes: batch
-    norm's axis name(s).
+    X: the images channels-last (m, H, W, C); cache: `_forward`'s, batched; device_axis: as
+    `cnn_logits_and_grads`.
 
     Returns:
       {"conv{i}": {"W", "b"}, "bn{i}": {"gamma", "beta"}}, summed over the batch.
@@ -276,11 +276,8 @@ def _blocks_backward(params, X, cache, delta, num_blocks, axes):
         delta = activation_backward("relu", cache[f"pool{i}"], delta)  # 1[v > 0] = 1[ReLU(v) > 0], v = maxpool(u)
         delta = jax.vmap(lambda a, d: max_pool2d_backward(a, d, POOL_WINDOW, layout=_LAYOUT))(
             cache[f"bn{i}"], delta)
-        bn_params = params[f"bn{i}"]
-        bn_grads, delta = jax.vmap(
-            lambda z, d: batch_norm_backward(bn_params, z, d, axis_name=axes, layout=_LAYOUT),
-            axis_name=_AXIS)(cache[f"conv{i}"], delta)
-        grads[f"bn{i}"] = jax.tree.map(lambda g: jnp.sum(g, axis=0), bn_grads)
+        grads[f"bn{i}"], delta = batch_norm_batch_backward(params[f"bn{i}"], cache[f"conv{i}"], delta,
+                                                           device_axis=device_axis, layout=_LAYOUT)
         conv_input = cache[f"pool{i - 1}"] if i > 1 else X
         grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
     return grads
@@ -305,7 +302,6 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     X = check_cnn_batch("cnn_grads", params, X, Y)
     X = X.astype(jnp.result_type(X, params["conv1"]["W"]))
     num_blocks = cnn_num_blocks(params)
-    axes = _batch_axes(device_axis)
     logits, new_state, cache = _forward("cnn_grads", params, state, X, True, batch=True, device_axis=device_axis)
     grads = {}
     delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
@@ -317,7 +313,7 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     grads["dense1"] = {"W": _dense1_channels_first_grad(dense1_grads["W"], pooled.shape[1:]),
                        "b": dense1_grads["b"]}
     delta = delta.reshape(pooled.shape)
-    grads.update(_blocks_backward(params, to_channels_last(X, "CHW"), cache, delta, num_blocks, axes))
+    grads.update(_blocks_backward(params, to_channels_last(X, "CHW"), cache, delta, num_blocks, device_axis))
     return logits, new_state, grads
 
 
@@ -345,7 +341,7 @@ def cnn_grads(params, state, X, Y):
 
     Equal to `jax.grad(nnjax.network.cnn_loss, has_aux=True)(params, state, X, Y)`: the chain
     of softmax_cross_entropy_backward, dense backward (batch form), activation_backward,
-    max_pool2d_backward, batch_norm_backward and the conv backward (batch form), described in
+    max_pool2d_backward, batch_norm_batch_backward and the conv backward (batch form), described in
     this module's docstring. `cnn_value_and_grads` also returns the loss.
 
     Args:

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_weight_grad
-from nnjax.backprop.normalization import batch_norm_backward
+from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
 from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d, conv2d_batch
 from nnjax.layers.layout import channel_axis, spatial_shape
@@ -113,31 +113,22 @@ def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk:
     return _conv2d_batch(stride, pads, layout, chunk, {"W": W, "b": b}, X)
 
 
-_BATCH = "batch"
-"""The name of the vmapped batch axis inside `batch_norm_batch_fast`."""
-
-
-def _batch_axes(device_axis=None):
-    """Batch norm's axis names for a batch: the vmapped "batch", and the device axis if any."""
-    return _BATCH if device_axis is None else (_BATCH, device_axis)
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _batch_norm_batch(axes, momentum, eps, layout, params, state, X):
-    return jax.vmap(lambda x: batch_norm(params, state, x, train=True, axis_name=axes, momentum=momentum,
-                                         eps=eps, layout=layout), axis_name=_BATCH, out_axes=(0, None))(X)
+def _batch_norm_batch(device_axis, momentum, eps, layout, params, state, X):
+    return jax.vmap(lambda x: batch_norm(params, state, x, train=True, axis_name=batch_axes(device_axis),
+                                         momentum=momentum, eps=eps, layout=layout),
+                    axis_name=BATCH_AXIS, out_axes=(0, None))(X)
 
 
-def _batch_norm_batch_forward(axes, momentum, eps, layout, params, state, X):
-    return _batch_norm_batch(axes, momentum, eps, layout, params, state, X), (params, state, X)
+def _batch_norm_batch_forward(device_axis, momentum, eps, layout, params, state, X):
+    return _batch_norm_batch(device_axis, momentum, eps, layout, params, state, X), (params, state, X)
 
 
-def _batch_norm_batch_backward(axes, momentum, eps, layout, residuals, cotangents):
+def _batch_norm_batch_backward(device_axis, momentum, eps, layout, residuals, cotangents):
     params, state, X = residuals
     delta, _ = cotangents
-    grads, dX = jax.vmap(lambda x, d: batch_norm_backward(params, x, d, axis_name=axes, eps=eps, layout=layout),
-                         axis_name=_BATCH)(X, delta)
-    return jax.tree.map(lambda g: jnp.sum(g, axis=0), grads), jax.tree.map(jnp.zeros_like, state), dX
+    grads, dX = batch_norm_batch_backward(params, X, delta, device_axis=device_axis, eps=eps, layout=layout)
+    return grads, jax.tree.map(jnp.zeros_like, state), dX
 
 
 _batch_norm_batch.defvjp(_batch_norm_batch_forward, _batch_norm_batch_backward)
@@ -147,8 +138,8 @@ def batch_norm_batch_fast(params, state, X, *, device_axis=None, momentum=0.9, e
     """`nnjax.layers.batch_norm` in training mode on a whole batch, its gradient in closed form.
 
     The same values as `jax.vmap(batch_norm(..., train=True), axis_name="batch")` over the
-    batch's first axis; under `jax.grad` the backward is `batch_norm_backward` (the chapter's
-    formula through the batch mean and variance) instead of autodiff's several passes. A
+    batch's first axis; under `jax.grad` the backward is `batch_norm_batch_backward` (the
+    chapter's formula through the batch mean and variance) instead of autodiff's passes. A
     `custom_vjp` on the per-example `batch_norm` cannot do this: under `vmap` its backward
     runs without the named batch axis. Here the batch is inside the function.
 
@@ -163,7 +154,7 @@ def batch_norm_batch_fast(params, state, X, *, device_axis=None, momentum=0.9, e
     Returns:
       (Y of X's shape, new_state).
     """
-    return _batch_norm_batch(_batch_axes(device_axis), momentum, eps, layout, params, state, X)
+    return _batch_norm_batch(device_axis, momentum, eps, layout, params, state, X)
 
 
 def _pool_vjp(forward, backward):

@@ -21,16 +21,28 @@ batch axis, so each example's backward reads the whole batch's means through `pm
 """
 from __future__ import annotations
 
-import jax
+import math
 
-from nnjax._checks import check_float_array, check_same_shape
+import jax
+import jax.numpy as jnp
+
+from nnjax._checks import check_float_array, check_rank, check_same_shape
 from nnjax.layers.normalization import (
-    _batch_count, _check_batch_norm_input, _check_eps, _check_groups, _check_image, _check_params,
-    _feature_axes, _mean, _per_channel, _standardize,
+    _axis_names, _batch_count, _check_batch_norm_input, _check_eps, _check_groups, _check_image,
+    _check_params, _feature_axes, _mean, _per_channel, _standardize,
 )
 
-__all__ = ["batch_norm_backward", "layer_norm_backward", "instance_norm_backward",
-           "group_norm_backward"]
+__all__ = ["batch_norm_backward", "batch_norm_batch_backward", "layer_norm_backward",
+           "instance_norm_backward", "group_norm_backward"]
+
+BATCH_AXIS = "batch"
+"""The name of the vmapped batch axis of the batch-level batch norm (`batch_norm_batch_backward`,
+`nnjax.backprop.custom_vjp.batch_norm_batch_fast`)."""
+
+
+def batch_axes(device_axis=None):
+    """Batch norm's axis names for a batch: the vmapped `BATCH_AXIS`, and the device axis if any."""
+    return BATCH_AXIS if device_axis is None else (BATCH_AXIS, device_axis)
 
 
 def _standardize_backward(x, dx_hat, axes, axis_name, eps):
@@ -80,6 +92,55 @@ def batch_norm_backward(params, x, delta, *, axis_name="batch", eps=1e-5, layout
     dx, x_hat = _standardize_backward(x, _per_channel(params["gamma"], x, layout) * delta, spatial, axis_name, eps)
     grads = {"gamma": (delta * x_hat).sum(axis=spatial), "beta": delta.sum(axis=spatial)}
     return grads, dx
+
+
+def batch_norm_batch_backward(params, X, delta, *, device_axis=None, eps=1e-5, layout="CHW"):
+    """`batch_norm_backward` for a whole batch at once, the parameter gradients doubling as its means.
+
+    With M the number of values per channel in the batch (examples times H times W, on every
+    device), the means of `batch_norm_backward`'s formula are the parameter gradients over M:
+
+        dL/dbeta  = sum_i delta_i,   dL/dgamma = sum_i delta_i x_hat_i,
+        dL/dx_i   = gamma / sqrt(sigma_B^2 + epsilon) * (delta_i - dL/dbeta / M - x_hat_i dL/dgamma / M)
+
+    So the backward makes one pass for the two sums and one for dx, where the per-example form
+    (under `jax.vmap`) sums delta and delta x_hat again, times gamma, for its means. x_hat is
+    recomputed from X as the forward computes it (XLA merges the two in one compiled step).
+
+    Args:
+      params: {"gamma": (F,), "beta": (F,)}.
+      X: the batch fed to the forward, (m, F) or (m, C, H, W) ((m, H, W, C) with layout="HWC").
+      delta: dL/dY, X's shape.
+      device_axis: the name of an enclosing `shard_map`/`pmap` axis over which the batch is
+        split, or None; the forward's statistics spanned every device's examples.
+      eps, layout: as in the forward.
+
+    Returns:
+      ({"gamma": (F,), "beta": (F,)} summed over this device's examples, dX of X's shape).
+    """
+    fn = "batch_norm_batch_backward"
+    X = check_float_array(fn, "X", X)
+    check_rank(fn, "X", X, {2, 4}, "a batch (m, F) or (m, C, H, W)")
+    _check_batch_norm_input(fn, params, X[0], layout)
+    check_same_shape(fn, "delta", delta, "X", X)
+    eps = _check_eps(fn, eps)
+    axes = batch_axes(device_axis)
+    _, spatial = _feature_axes(X[0], layout)
+
+    def standardized(x):
+        x_hat, _, var = _standardize(x, spatial, axes, eps)
+        return x_hat, jax.lax.rsqrt(var + eps)
+
+    x_hat, inv_s = jax.vmap(standardized, axis_name=BATCH_AXIS)(X)
+    summed = (0,) + tuple(a + 1 for a in spatial)
+    grads = {"gamma": jnp.sum(delta * x_hat, axis=summed), "beta": jnp.sum(delta, axis=summed)}
+    totals, count = grads, X.shape[0] * math.prod(X.shape[a + 1] for a in spatial)
+    for name in _axis_names(device_axis):
+        totals, count = jax.lax.psum(totals, name), count * jax.lax.psum(1, name)
+    per_channel = {k: _per_channel(v, X[0], layout) / count for k, v in totals.items()}
+    dX = _per_channel(params["gamma"], X[0], layout) * inv_s * (
+        delta - per_channel["beta"] - x_hat * per_channel["gamma"])
+    return grads, dX
 
 
 def layer_norm_backward(params, x, delta, eps=1e-5):
