@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_weight_grad
+from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads, conv2d_weight_grad
 from nnjax.layers.conv import (
     conv2d, conv2d_im2col, conv2d_init, conv_output_size, conv_padding, im2col,
 )
@@ -125,11 +125,14 @@ def test_batch_level_grads_sum_per_example_grads(stride, padding):
     def both(params, X, delta):
         per_example = jax.vmap(lambda x, d: conv2d_backward(params, x, d, stride, padding))(X, delta)
         batch = (conv2d_weight_grad(X, delta, (3, 3), pair(stride), pads),
+                 conv2d_param_grads(X, delta, (3, 3), pair(stride), pads, chunk=2),
                  conv2d_input_grad(params["W"], delta, IN_SHAPE[1:], pair(stride), pads))
         return per_example, batch
 
-    (per_example, dX), (dW, dX_batch) = jax.jit(both)(params, X, delta)
+    (per_example, dX), (dW, param_grads, dX_batch) = jax.jit(both)(params, X, delta)
     np.testing.assert_allclose(dW, per_example["W"].sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(param_grads["W"], per_example["W"].sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(param_grads["b"], per_example["b"].sum(0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dX_batch, dX, rtol=1e-5, atol=1e-5)
 
 

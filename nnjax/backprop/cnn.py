@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
-from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
+from nnjax.backprop.conv import conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.custom_vjp import batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
 from nnjax.backprop.normalization import BATCH_AXIS as _AXIS
 from nnjax.backprop.normalization import batch_axes, batch_norm_batch_backward
@@ -249,14 +249,13 @@ def _conv_batch_backward(params, X, Delta, input_grad: bool):
     """A valid, stride-1 conv layer's backward on a channels-last batch, each gradient ONE
     convolution.
 
-    dW = sum over examples of corr(x, delta), db = delta summed over examples and pixels,
-    dX = full convolution of delta with the flipped kernel (`conv2d_backward`'s formulas, in
-    their batch form). X: (m, H, W, C_in), Delta: (m, H', W', C_out); dX is None unless
+    dW = sum over examples of corr(x, delta), db = delta summed over examples and pixels (both
+    from one product, `conv2d_param_grads`), dX = full convolution of delta with the flipped
+    kernel (`conv2d_backward`'s formulas, in their batch form). X: (m, H, W, C_in), Delta: (m, H', W', C_out); dX is None unless
     `input_grad` (the image's own gradient is not needed).
     """
     W = params["W"]
-    grads = {"W": conv2d_weight_grad(X, Delta, W.shape[2:], _STRIDE, _VALID, _LAYOUT),
-             "b": jnp.sum(Delta, axis=(0, 1, 2))}
+    grads = conv2d_param_grads(X, Delta, W.shape[2:], _STRIDE, _VALID, _LAYOUT)
     if not input_grad:
         return grads, None
     return grads, conv2d_input_grad(W, Delta, X.shape[1:3], _STRIDE, _VALID, _LAYOUT)

@@ -36,7 +36,7 @@ from nnjax._checks import check_shape
 from nnjax.layers.conv import batch_patches, check_conv_args, conv_output_shape, im2col, sum_chunks
 from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
 
-__all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_input_grad"]
+__all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad"]
 
 
 def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
@@ -71,15 +71,45 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
     Returns:
       dW: (C_out, C_in, kh, kw).
     """
+    return _patch_product(X, delta, kernel_hw, stride, pads, layout, chunk, bias=False)["W"]
+
+
+def conv2d_param_grads(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int | None = None):
+    """dL/dW and dL/db summed over a batch, from ONE im2col product per chunk.
+
+    The bias is a weight on an input that is always 1 (the chapter's perceptron), so each row
+    of patches gets a last feature 1 and [patches | 1]^T @ delta_mat holds dW in its first
+    kh*kw*C_in rows and db = sum of delta over examples and pixels in its last. delta is
+    read once, by that product: a separate sum for db made XLA compute delta twice when it is
+    a fused element-wise result (batch norm's dx in the CNN).
+
+    Args:
+      as `conv2d_weight_grad`.
+
+    Returns:
+      {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
+    """
+    return _patch_product(X, delta, kernel_hw, stride, pads, layout, chunk, bias=True)
+
+
+def _patch_product(X, delta, kernel_hw, stride, pads, layout, chunk, bias: bool) -> dict:
+    """patches^T @ delta_mat summed over chunks (with a column of ones when `bias`), as
+    {"W": dW} or {"W": dW, "b": db}."""
     X, delta = to_channels_last(X, layout), to_channels_last(delta, layout)
     (kh, kw), c_in, c_out = kernel_hw, X.shape[-1], delta.shape[-1]
 
     def chunk_grad(Xc, Dc):
         patches = batch_patches(Xc, kernel_hw, stride, pads)
-        return patches.reshape(-1, patches.shape[-1]).T @ Dc.reshape(-1, c_out)
+        patches = patches.reshape(-1, patches.shape[-1])
+        if bias:
+            patches = jnp.concatenate([patches, jnp.ones((patches.shape[0], 1), patches.dtype)], axis=1)
+        return patches.T @ Dc.reshape(-1, c_out)
 
-    dW_mat = sum_chunks(chunk_grad, [X, delta], chunk)
-    return dW_mat.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
+    product = sum_chunks(chunk_grad, [X, delta], chunk)
+    grads = {"W": product[:kh * kw * c_in].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)}
+    if bias:
+        grads["b"] = product[-1]
+    return grads
 
 
 def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):

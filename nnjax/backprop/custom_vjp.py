@@ -24,7 +24,7 @@ a batched matrix product then a sum over the batch, while autodiff of the vmappe
 contracts the batch inside one convolution; for wide layers at small batches the latter wins.
 
 `conv2d_batch_fast` avoids that trade-off by working on the whole batch: the forward is
-`nnjax.layers.conv2d_batch` and the backward the batch-level `conv2d_weight_grad` (the batch
+`nnjax.layers.conv2d_batch` and the backward the batch-level `conv2d_param_grads` (the batch
 contracted inside chunked im2col products) and `conv2d_input_grad`. The CNN uses it.
 `batch_norm_batch_fast` does the same for batch norm, whose per-example `custom_vjp` could
 not reach the batch statistics.
@@ -39,11 +39,11 @@ import jax
 
 import jax.numpy as jnp
 
-from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_weight_grad
+from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
 from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d, conv2d_batch
-from nnjax.layers.layout import channel_axis, spatial_shape
+from nnjax.layers.layout import spatial_shape
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d
 
@@ -92,9 +92,7 @@ def _conv2d_batch_forward(stride, pads, layout, chunk, params, X):
 
 def _conv2d_batch_backward(stride, pads, layout, chunk, residuals, delta):
     W, X = residuals
-    c = channel_axis(layout) + 1
-    grads = {"W": conv2d_weight_grad(X, delta, W.shape[2:], stride, pads, layout, chunk),
-             "b": jnp.sum(delta, axis=tuple(a for a in range(4) if a != c))}
+    grads = conv2d_param_grads(X, delta, W.shape[2:], stride, pads, layout, chunk)
     return grads, conv2d_input_grad(W, delta, spatial_shape(X[0], layout), stride, pads, layout)
 
 
@@ -104,9 +102,10 @@ _conv2d_batch.defvjp(_conv2d_batch_forward, _conv2d_batch_backward)
 def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
     """`nnjax.layers.conv2d_batch` (a whole batch) whose gradient is hand-derived at batch level.
 
-    Same arguments, checks and result as `conv2d_batch`. Under `jax.grad`: dW from
-    `conv2d_weight_grad` (chunked im2col products, the batch contracted), db the sum of delta
-    over examples and pixels, dX from `conv2d_input_grad` (one convolution). The CNN's
+    Same arguments, checks and result as `conv2d_batch`. Under `jax.grad`: dW and db from
+    `conv2d_param_grads` (chunked im2col products, the batch contracted; db, the sum of delta
+    over examples and pixels, as the product's row for an input of 1), dX from
+    `conv2d_input_grad` (one convolution). The CNN's
     training step runs its convolutions through this (`nnjax.network.cnn_apply_batch`).
     """
     W, b, X, stride, pads = check_conv_batch_args("conv2d_batch_fast", params, X, stride, padding, layout)
