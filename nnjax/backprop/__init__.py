@@ -1,7 +1,9 @@
 """Hand-derived backward passes (the chapter's delta formulas); no jax.grad or jax.vjp inside.
 
 Each `*_backward` takes the upstream gradient delta = dL/d(output) of ONE example and returns
-`(param_grads, dx)`, or `dx` alone for layers without parameters.
+`(param_grads, dx)`, or `dx` alone for layers without parameters. The batch-level forms, for
+speed, take a whole batch: `batch_norm_batch_backward`, `conv2d_weight_grad`,
+`conv2d_param_grads`, `conv2d_input_grad` (parameter gradients summed over the batch).
 """
 from nnjax.backprop.activation import *  # noqa: F401,F403
 from nnjax.backprop.dense import *  # noqa: F401,F403
