@@ -18,6 +18,8 @@ Summing g_j times that over j gives the formula all four share (`_standardize_ba
 
 The techniques differ only in the axes of the means; for batch norm they include the named
 batch axis, so each example's backward reads the whole batch's means through `pmean`.
+`batch_norm_batch_backward` is batch norm's on a whole batch, where the means of g and
+g x_hat are gamma dL/dbeta / M and gamma dL/dgamma / M: the parameter gradients serve twice.
 """
 from __future__ import annotations
 
