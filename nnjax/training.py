@@ -11,8 +11,8 @@ The pieces, in the order a run uses them:
    donates those buffers. An epoch runs either as one compiled `lax.scan` over the step or
    as a Python loop calling the jitted step; which one is faster depends on the model and
    the backend, so `EPOCH_MODE_DEFAULTS` records what was measured (``--epoch-mode auto``).
-4. Every function is compiled ahead of time (`jit(...).lower(...).compile(compiler_options())`),
-   so the reported training time excludes compilation, and compile time is reported apart.
+4. Every function is compiled ahead of time (`compile_ahead`, with `compiler_options()`), so
+   the reported training time excludes compilation, and compile time is reported apart.
 5. After each epoch: evaluation (jitted over large batches), a checkpoint written atomically,
    a line of JSON metrics. At the end: `results.json` and a PNG of the curves.
 6. Data parallelism over the host's cores: where it measured faster (`DATA_PARALLEL_DEFAULTS`),
@@ -62,7 +62,7 @@ __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
     "SCHEDULES", "COMPUTE_DTYPES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
     "reuse_freed_memory", "REUSE_MEMORY_ENV", "use_compile_cache", "COMPILE_CACHE_ENV",
-    "compiler_options", "CPU_COMPILER_OPTIONS",
+    "compiler_options", "CPU_COMPILER_OPTIONS", "compile_ahead",
     "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_train_step",
     "make_evaluate", "evaluate", "compare_gradient_sources", "save_checkpoint",
@@ -499,8 +499,8 @@ with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md."""
 def compiler_options(backend: str | None = None) -> dict:
     """The options nnjax passes to ``.compile()`` for its programs on `backend`.
 
-    `CPU_COMPILER_OPTIONS` on a CPU whose XLA knows them; nothing elsewhere. Pass them when
-    compiling nnjax's steps yourself: ``jax.jit(step).lower(...).compile(compiler_options())``.
+    `CPU_COMPILER_OPTIONS` on a CPU whose XLA knows them; nothing elsewhere. `compile_ahead`
+    passes them; so does ``jax.jit(step).lower(...).compile(compiler_options())``.
 
     Args:
       backend: "cpu", "gpu", ...; None means JAX's default backend.
@@ -521,6 +521,20 @@ def _cpu_options_known() -> bool:
     except jax.errors.JaxRuntimeError:
         return False
     return True
+
+
+def compile_ahead(fn: Callable, *args, donate: bool = False):
+    """`fn` jitted and compiled ahead of time for `args`, with nnjax's `compiler_options()`.
+
+    Args:
+      fn: a pure function of `args`.
+      args: example arguments (arrays or pytrees of them) fixing shapes, dtypes and shardings.
+      donate: donate the first argument's buffers (a train step's carry).
+
+    Returns:
+      The compiled function, called with arguments like `args`.
+    """
+    return jax.jit(fn, donate_argnums=(0,) if donate else ()).lower(*args).compile(compiler_options())
 
 
 def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
@@ -891,9 +905,9 @@ class ResumeError(ValueError):
 
 
 def _compile(fn: Callable, *args, donate: bool = False):
-    """Ahead-of-time compiles `fn` for `args`; returns (compiled, seconds)."""
+    """`compile_ahead`, timed; returns (compiled, seconds)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=(0,) if donate else ()).lower(*args).compile(compiler_options())
+    compiled = compile_ahead(fn, *args, donate=donate)
     return compiled, time.perf_counter() - start
 
 

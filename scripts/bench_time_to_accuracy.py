@@ -161,16 +161,15 @@ def seed_runner(model_name: str, data, settings: dict, args):
         return training.replicate((carry, batches), devices)
 
     carry, batches = start_state(0)
-    options = training.compiler_options()
     start = time.perf_counter()
     if mode == "scan":
         def chunk(carry, device_data, batches):
             return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=eval_every)
-        advance = jax.jit(chunk, donate_argnums=0).lower(carry, device_data, batches).compile(options)
+        advance = training.compile_ahead(chunk, carry, device_data, batches, donate=True)
     else:
-        advance = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile(options)
-    evaluate_batch = jax.jit(training.make_evaluate(model, devices)).lower(
-        carry[0], carry[2], test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask).compile(options)
+        advance = training.compile_ahead(step, carry, device_data, batches, donate=True)
+    evaluate_batch = training.compile_ahead(training.make_evaluate(model, devices), carry[0], carry[2],
+                                            test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask)
     compile_s = time.perf_counter() - start
 
     def test_accuracy(params, state) -> float:

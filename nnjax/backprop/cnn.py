@@ -25,9 +25,10 @@ example: the dense layers as dW = Delta^T A (the m outer products delta a^T summ
 matrix product), the convolutions with `conv2d_weight_grad` (chunked im2col products, the
 batch contracted inside) and `conv2d_input_grad` (one convolution). Pooling runs its
 per-example backward under `jax.vmap`; batch norm's backward takes the whole batch
-(`batch_norm_batch_backward`: its parameter gradients are the sums its means need). The forward of a batch (`_forward(..., batch=True)`, which
-`nnjax.network.cnn_apply_batch` and the training code share) runs the convolutions
-batch-level too (`conv2d_batch_fast`) and every other layer per example under `jax.vmap`.
+(`batch_norm_batch_backward`: its parameter gradients are the sums its means need). The
+forward of a batch (`_forward(..., batch=True)`, which `nnjax.network.cnn_apply_batch` and
+the training code share) runs the convolutions batch-level too (`conv2d_batch_fast`) and
+every other layer per example under `jax.vmap`.
 It computes the same values in a cheaper order: p_i = ReLU(maxpool(u_i)) (max commutes with
 the non-decreasing ReLU), so its backward is delta_v_i = delta_p_i * ReLU'(p_i) on the small
 map, then maxpool_backward(u_i, delta_v_i); and it flattens p_N channels-last, with W1's
@@ -251,8 +252,8 @@ def _conv_batch_backward(params, X, Delta, input_grad: bool):
 
     dW = sum over examples of corr(x, delta), db = delta summed over examples and pixels (both
     from one product, `conv2d_param_grads`), dX = full convolution of delta with the flipped
-    kernel (`conv2d_backward`'s formulas, in their batch form). X: (m, H, W, C_in), Delta: (m, H', W', C_out); dX is None unless
-    `input_grad` (the image's own gradient is not needed).
+    kernel (`conv2d_backward`'s formulas, in their batch form). X: (m, H, W, C_in), Delta:
+    (m, H', W', C_out); dX is None unless `input_grad` (the image's own gradient is not needed).
     """
     W = params["W"]
     grads = conv2d_param_grads(X, Delta, W.shape[2:], _STRIDE, _VALID, _LAYOUT)

@@ -5,7 +5,7 @@ As in `train`, the data stays on the device as uint8 (the step gathers and stand
 batch) and the step's carry is donated; the batches are taken in the benchmark's fixed order.
 Each batch is split across as many devices as `train` would use (`resolve_devices("auto")`:
 on a CPU presented as several devices, the CNN's batches are; the MLP's are not), and the
-steps are compiled with the XLA options `train` uses (`training.compiler_options()`).
+steps are compiled as `train` compiles them (`training.compile_ahead`).
 """
 from __future__ import annotations
 
@@ -58,12 +58,11 @@ def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
     """nnjax's jitted train step called once per batch from Python (``epoch_mode="loop"``);
     with several devices each step is waited for, as `train` does."""
     step, trained, device_data, batches, devices = _setup(model, data, lr, grads)
-    jitted = jax.jit(step, donate_argnums=0)
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
-        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data,
-                                          batches).compile(training.compiler_options())
+        holder["compiled"] = training.compile_ahead(step, _fresh_carry(holder["trained"], devices), device_data,
+                                                    batches, donate=True)
         carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)
         jax.block_until_ready((carry, metrics))
         holder["trained"] = carry[:3]
@@ -92,12 +91,11 @@ def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
     def run_epoch(carry, device_data, batches):
         return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=data.steps)
 
-    jitted = jax.jit(run_epoch, donate_argnums=0)
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
-        holder["compiled"] = jitted.lower(_fresh_carry(holder["trained"], devices), device_data,
-                                          batches).compile(training.compiler_options())
+        holder["compiled"] = training.compile_ahead(run_epoch, _fresh_carry(holder["trained"], devices),
+                                                    device_data, batches, donate=True)
 
     def epoch():
         carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)

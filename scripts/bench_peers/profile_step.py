@@ -67,8 +67,7 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     data = common.cut_epoch(images, labels, batch_size, 4)
     step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads)
     carry = nnjax_rows._fresh_carry(trained, devices)
-    compiled = jax.jit(step, donate_argnums=0).lower(carry, device_data, batches).compile(
-        training.compiler_options())
+    compiled = training.compile_ahead(step, carry, device_data, batches, donate=True)
     hlo = compiled.as_text()
 
     def run(n):
