@@ -103,17 +103,22 @@ loop; ``--epoch-mode`` overrides.
 """
 
 DATA_PARALLEL_DEFAULTS = {
-    ("mlp", "cpu"): False,
-    ("cnn", "cpu"): True,
+    ("mlp", "cpu"): None,
+    ("cnn", "cpu"): 512,
 }
-"""(model kind, backend) -> whether ``devices="auto"`` splits each batch across all devices.
+"""(model kind, backend) -> the smallest batch that ``devices="auto"`` splits across all
+devices; None: never split.
 
 Measured on this project's 2-core CPU (jax 0.10.2, XLA presenting the two cores as two
-devices, `use_host_cores`), one SGD step at batch 128: the CNN took 71 ms split across the two
-devices against 85 ms on one with autodiff gradients, 45 against 79 ms with the hand-derived
-ones (XLA's CPU convolutions keep about 1.4 of the 2 cores busy on their own); the MLP took
-1.5 against 0.8 ms, too small a step to gain from the cross-device reduction. A pair not
-listed (a GPU, say) uses one device.
+devices, `use_host_cores`). The MLP's step is too small to gain from the cross-device
+reduction: 1.5 against 0.8 ms at batch 128. The CNN's batch-level convolutions run in chunks
+of 64 examples (`nnjax.layers.conv.BATCH_CHUNK`), up to 4 of them side by side, which XLA
+runs on both cores at once (`nnjax.layers.conv.UNROLLED_CHUNKS`): so a batch of up to 256
+keeps both cores busy on one device, without the devices' waits for each other at every
+cross-device reduction (batch norm's statistics, the gradients). Its step at batch 128:
+40-43 ms (autodiff) on one device against 49-52 ms split across two. From batch 512 on a
+device's share would loop over its chunks one at a time, and splitting wins (at 1024: 388
+against 399-449 ms). A pair not listed (a GPU, say) uses one device.
 """
 
 DEVICE_AXIS = "devices"
@@ -542,8 +547,9 @@ def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
     """How many devices share each batch: `requested`, or for ``"auto"`` the measured default.
 
     ``"auto"`` uses every device of the backend where `DATA_PARALLEL_DEFAULTS` says data
-    parallelism measured faster, else one; then the largest count that divides both batch
-    sizes (each device takes an equal share). On a CPU at most one device per core counts.
+    parallelism measured faster for this batch size, else one; then the largest count that
+    divides both batch sizes (each device takes an equal share). On a CPU at most one device
+    per core counts.
 
     Raises:
       ValueError: an int count larger than the devices there are, or not dividing the batch
@@ -554,7 +560,8 @@ def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
     if backend == "cpu":
         available = min(available, os.cpu_count() or 1)
     if requested == "auto":
-        wanted = available if DATA_PARALLEL_DEFAULTS.get((model_kind, backend)) else 1
+        smallest_split = DATA_PARALLEL_DEFAULTS.get((model_kind, backend))
+        wanted = available if smallest_split is not None and batch_size >= smallest_split else 1
         return max(n for n in range(1, wanted + 1) if batch_size % n == 0 and eval_batch_size % n == 0)
     if requested > available:
         raise ValueError(f"train: devices={requested} but the {backend} backend "

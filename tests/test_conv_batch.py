@@ -14,7 +14,7 @@ from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
 from nnjax.backprop.custom_vjp import conv2d_batch_fast
 from nnjax.layers.conv import (
     BATCH_CHUNK, BATCH_CHUNKS, batch_patches, conv2d, conv2d_batch, conv_padding, default_batch_chunk,
-    kernel_matrix, map_chunks, sum_chunks,
+    UNROLLED_CHUNKS, kernel_matrix, map_chunks, sum_chunks,
 )
 
 CASES = [(1, "valid"), (2, "same"), ((1, 2), (2, 1))]
@@ -56,8 +56,10 @@ def test_batch_patches_rows_are_receptive_fields():
     np.testing.assert_array_equal(kernel_matrix(W)[:, 1], W[1].transpose(1, 2, 0).reshape(-1))
 
 
-@pytest.mark.parametrize("m", [12, 10, 3])
+@pytest.mark.parametrize("m", [12, 10, 3, 22, 24])
 def test_map_and_sum_chunks_equal_one_call(m):
+    """Chunks of 4: side by side (m = 10, 12: 2-3 chunks), looped (m = 22, 24: 5-6 chunks), with
+    and without a remainder, and one call (m = 3)."""
     rng = np.random.default_rng(1)
     A, B = jnp.asarray(rng.normal(size=(m, 5))), jnp.asarray(rng.normal(size=(m, 5)))
     mapped = jax.jit(lambda A, B: map_chunks(lambda a, b: a * b + 1.0, [A, B], 4))(A, B)
@@ -69,6 +71,20 @@ def test_map_and_sum_chunks_equal_one_call(m):
     summed = jax.jit(lambda A, B: sum_chunks(stats, [A, B], 4))(A, B)
     np.testing.assert_allclose(summed["dot"], A.T @ B, rtol=1e-5, atol=1e-5)
     assert float(summed["count"]) == m
+
+
+def test_up_to_unrolled_chunks_run_side_by_side_more_loop():
+    """UNROLLED_CHUNKS chunks are independent calls (no loop in the program); one more loops."""
+    def primitives(m):
+        A = jnp.ones((m, 3))
+        jaxprs = [jax.make_jaxpr(lambda A: map_chunks(lambda a: a * 2.0, [A], 2))(A),
+                  jax.make_jaxpr(lambda A: sum_chunks(lambda a: a.sum(0), [A], 2))(A)]
+        return [{eqn.primitive.name for eqn in jaxpr.jaxpr.eqns} for jaxpr in jaxprs]
+
+    for names in primitives(2 * UNROLLED_CHUNKS):
+        assert not names & {"scan", "while"}, names
+    for names in primitives(2 * UNROLLED_CHUNKS + 2):
+        assert names & {"scan", "while"}, names
 
 
 @pytest.mark.parametrize("layout", ["CHW", "HWC"])

@@ -22,9 +22,12 @@ def test_the_test_process_has_two_cpu_devices():
 
 
 def test_resolve_devices_follows_the_measured_table_and_the_batch():
-    assert training.resolve_devices("auto", "cnn", 128, 1000, "cpu") == 2
-    assert training.resolve_devices("auto", "mlp", 128, 1000, "cpu") == 1
-    assert training.resolve_devices("auto", "cnn", 33, 1000, "cpu") == 1  # 2 does not divide 33
+    smallest_split = training.DATA_PARALLEL_DEFAULTS[("cnn", "cpu")]
+    assert training.resolve_devices("auto", "cnn", smallest_split, 1000, "cpu") == 2
+    assert training.resolve_devices("auto", "cnn", smallest_split - 2, 1000, "cpu") == 1
+    assert training.resolve_devices("auto", "cnn", 1024, 1000, "cpu") == 2
+    assert training.resolve_devices("auto", "mlp", 1024, 1000, "cpu") == 1
+    assert training.resolve_devices("auto", "cnn", 1025, 1000, "cpu") == 1  # 2 does not divide 1025
     assert training.resolve_devices(2, "mlp", 128, 1000, "cpu") == 2
     with pytest.raises(ValueError, match=r"devices=3 but the cpu backend has 2 usable; .*use_host_cores"):
         training.resolve_devices(3, "cnn", 128, 1000, "cpu")
@@ -34,7 +37,7 @@ def test_resolve_devices_follows_the_measured_table_and_the_batch():
 
 def test_no_more_cpu_devices_than_cores(monkeypatch):
     monkeypatch.setattr(training.os, "cpu_count", lambda: 1)
-    assert training.resolve_devices("auto", "cnn", 128, 1000, "cpu") == 1
+    assert training.resolve_devices("auto", "cnn", 1024, 1000, "cpu") == 1
     with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable; .*one device per core"):
         training.resolve_devices(2, "cnn", 128, 1000, "cpu")
 
