@@ -14,7 +14,7 @@ from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
 from nnjax.backprop.custom_vjp import conv2d_batch_fast
 from nnjax.layers.conv import (
     BATCH_CHUNK, BATCH_CHUNKS, batch_patches, conv2d, conv2d_batch, conv_padding, default_batch_chunk,
-    UNROLLED_CHUNKS, kernel_matrix, map_chunks, sum_chunks,
+    UNROLLED_CHUNKS, kernel_matrix, map_chunks, patch_rows, sum_chunks,
 )
 
 CASES = [(1, "valid"), (2, "same"), ((1, 2), (2, 1))]
@@ -54,6 +54,22 @@ def test_batch_patches_rows_are_receptive_fields():
     np.testing.assert_array_equal(patches[n, i, j], window.reshape(-1))
     W = jnp.arange(2 * 2 * 3 * 3, dtype=jnp.float32).reshape(2, 2, 3, 3)
     np.testing.assert_array_equal(kernel_matrix(W)[:, 1], W[1].transpose(1, 2, 0).reshape(-1))
+
+
+def test_patch_rows_are_patches_and_a_one_and_give_the_biased_convolution():
+    rng = np.random.default_rng(4)
+    X = jnp.asarray(rng.normal(size=(2, 7, 6, 3)), jnp.float32)
+    params = {"W": jnp.asarray(rng.normal(size=(4, 3, 3, 3)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+    pads = ((1, 1), (0, 0))
+    rows = patch_rows(X, (3, 3), (1, 1), pads)
+    patches = batch_patches(X, (3, 3), (1, 1), pads)
+    assert rows.shape == (2 * 7 * 4, 3 * 3 * 3 + 1)
+    np.testing.assert_array_equal(rows[:, :-1], patches.reshape(-1, 27))
+    np.testing.assert_array_equal(rows[:, -1], 1.0)
+    Z = rows @ jnp.concatenate([kernel_matrix(params["W"]), params["b"][None]])
+    expected = jax.vmap(lambda x: conv2d(params, x, 1, pads, "HWC"))(X)
+    np.testing.assert_allclose(Z.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("m", [12, 10, 3, 22, 24])

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import batch_patches, check_conv_args, conv_output_shape, im2col, sum_chunks
+from nnjax.layers.conv import batch_patches, check_conv_args, conv_output_shape, im2col, patch_rows, sum_chunks
 from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad"]
@@ -78,10 +78,11 @@ def conv2d_param_grads(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
     """dL/dW and dL/db summed over a batch, from ONE im2col product per chunk.
 
     The bias is a weight on an input that is always 1 (the chapter's perceptron), so each row
-    of patches gets a last feature 1 and [patches | 1]^T @ delta_mat holds dW in its first
-    kh*kw*C_in rows and db = sum of delta over examples and pixels in its last. delta is
-    read once, by that product: a separate sum for db made XLA compute delta twice when it is
-    a fused element-wise result (batch norm's dx in the CNN).
+    of patches gets a last feature 1 (`nnjax.layers.conv.patch_rows`, the matrix
+    `conv2d_batch`'s forward multiplies too) and [patches | 1]^T @ delta_mat holds dW in its
+    first kh*kw*C_in rows and db = sum of delta over examples and pixels in its last. delta
+    is read once, by that product: a separate sum for db made XLA compute delta twice when it
+    is a fused element-wise result (batch norm's dx in the CNN).
 
     Args:
       as `conv2d_weight_grad`.
@@ -99,10 +100,11 @@ def _patch_product(X, delta, kernel_hw, stride, pads, layout, chunk, bias: bool)
     (kh, kw), c_in, c_out = kernel_hw, X.shape[-1], delta.shape[-1]
 
     def chunk_grad(Xc, Dc):
-        patches = batch_patches(Xc, kernel_hw, stride, pads)
-        patches = patches.reshape(-1, patches.shape[-1])
         if bias:
-            patches = jnp.concatenate([patches, jnp.ones((patches.shape[0], 1), patches.dtype)], axis=1)
+            patches = patch_rows(Xc, kernel_hw, stride, pads)
+        else:
+            patches = batch_patches(Xc, kernel_hw, stride, pads)
+            patches = patches.reshape(-1, patches.shape[-1])
         return patches.T @ Dc.reshape(-1, c_out)
 
     product = sum_chunks(chunk_grad, [X, delta], chunk)

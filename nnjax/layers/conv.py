@@ -37,7 +37,7 @@ from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, 
 __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
     "im2col", "conv2d_im2col", "BATCH_CHUNK", "BATCH_CHUNKS", "UNROLLED_CHUNKS", "default_batch_chunk", "map_chunks",
-    "sum_chunks", "batch_patches", "kernel_matrix", "check_conv_batch_args", "conv2d_batch",
+    "sum_chunks", "batch_patches", "kernel_matrix", "patch_rows", "check_conv_batch_args", "conv2d_batch",
 ]
 
 PADDING_MODES = ("valid", "same")
@@ -384,6 +384,22 @@ def kernel_matrix(W):
     return W.transpose(2, 3, 1, 0).reshape(-1, W.shape[0])
 
 
+def patch_rows(X, kernel_hw, stride, pads):
+    """[patches | 1]: `batch_patches` as the rows of one matrix, each with a last feature 1.
+
+    The bias is the weight of an input that is always 1 (the chapter's perceptron), so
+    patch_rows(X) @ [W_mat; b] is the convolution with its bias, and patch_rows(X)^T @ delta
+    holds dW and db (`nnjax.backprop.conv2d_param_grads`). The forward pass and the weight
+    gradient build the same matrix, which XLA then computes once per training step.
+
+    Returns:
+      (m*H'*W', kh*kw*C + 1), the rows in (n, i, j) order.
+    """
+    patches = batch_patches(X, kernel_hw, stride, pads)
+    patches = jnp.concatenate([patches, jnp.ones((*patches.shape[:-1], 1), patches.dtype)], axis=-1)
+    return patches.reshape(-1, patches.shape[-1])
+
+
 def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
     """`check_conv_args` for a batch X (m, ...) of images: the same checks on each example.
 
@@ -399,7 +415,8 @@ def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
 def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
     """`conv2d` on a whole batch: jax.vmap(conv2d)(X) computed as chunked im2col products.
 
-    Z_n = patches(X_n) @ W_mat + b for each example n (`batch_patches`, `kernel_matrix`),
+    Z_n = patches(X_n) @ W_mat + b = [patches(X_n) | 1] @ [W_mat; b] for each example n
+    (`patch_rows`, `kernel_matrix`),
     `chunk` examples per product (`map_chunks`; `BATCH_CHUNK` says why).
 
     Args:
@@ -414,6 +431,11 @@ def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int 
     """
     W, b, X, stride, pads = check_conv_batch_args("conv2d_batch", params, X, stride, padding, layout)
     X = to_channels_last(X, layout)
-    W_mat = kernel_matrix(W)
-    Z = map_chunks(lambda Xc: batch_patches(Xc, W.shape[2:], stride, pads) @ W_mat + b, [X], chunk)
+    kernel_and_bias = jnp.concatenate([kernel_matrix(W), b[None]])
+    out_hw = conv_output_shape(X.shape[1:3], W.shape[2:], stride, pads)
+
+    def convolve(Xc):
+        return (patch_rows(Xc, W.shape[2:], stride, pads) @ kernel_and_bias).reshape(-1, *out_hw, W.shape[0])
+
+    Z = map_chunks(convolve, [X], chunk)
     return from_channels_last(Z, layout)
