@@ -110,15 +110,13 @@ DATA_PARALLEL_DEFAULTS = {
 devices; None: never split.
 
 Measured on this project's 2-core CPU (jax 0.10.2, XLA presenting the two cores as two
-devices, `use_host_cores`). The MLP's step is too small to gain from the cross-device
-reduction: 1.5 against 0.8 ms at batch 128. The CNN's batch-level convolutions run in chunks
-of 64 examples (`nnjax.layers.conv.BATCH_CHUNK`), up to 4 of them side by side, which XLA
-runs on both cores at once (`nnjax.layers.conv.UNROLLED_CHUNKS`): so a batch of up to 256
-keeps both cores busy on one device, without the devices' waits for each other at every
-cross-device reduction (batch norm's statistics, the gradients). Its step at batch 128:
-40-43 ms (autodiff) on one device against 49-52 ms split across two. From batch 512 on a
-device's share would loop over its chunks one at a time, and splitting wins (at 1024: 388
-against 399-449 ms). A pair not listed (a GPU, say) uses one device.
+devices, `use_host_cores`), one SGD step in alternating rounds. The MLP's step is too small
+to gain from the cross-device reduction: 1.5 against 0.8 ms at batch 128. The CNN's
+convolutions are batch-level matrix products, which XLA runs on both cores on one device;
+split across two, every cross-device reduction (batch norm's statistics, the gradients) makes
+each device wait for the other. Median ms per step, one device against two: batch 64 23
+against 28, batch 128 44 against 46-53, batch 256 98 against 113, batch 512 206 against 184;
+so batches from 512 up are split. A pair not listed (a GPU, say) uses one device.
 """
 
 DEVICE_AXIS = "devices"

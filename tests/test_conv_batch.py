@@ -1,4 +1,4 @@
-"""Tests for the batch-level convolution: `conv2d_batch` (chunked im2col products),
+"""Tests for the batch-level convolution: `conv2d_batch` (im2col products, whole batch or chunked),
 `conv2d_batch_fast` (its hand-derived gradient through `jax.custom_vjp`), the chunking helpers
 and the chunked `conv2d_weight_grad`.
 
@@ -13,7 +13,7 @@ import pytest
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
 from nnjax.backprop.custom_vjp import conv2d_batch_fast
 from nnjax.layers.conv import (
-    BATCH_CHUNK, BATCH_CHUNKS, batch_patches, conv2d, conv2d_batch, conv_padding, default_batch_chunk,
+    batch_patches, conv2d, conv2d_batch, conv_padding,
     UNROLLED_CHUNKS, kernel_matrix, map_chunks, patch_rows, sum_chunks,
 )
 
@@ -142,7 +142,13 @@ def test_batch_errors_name_the_function_and_argument(fn):
         fn(params, X.astype(jnp.int32))
 
 
-def test_default_chunk_is_per_backend():
-    assert default_batch_chunk(1000, "cpu") == BATCH_CHUNK
-    assert default_batch_chunk(1000, "gpu") == 1000
-    assert default_batch_chunk(1000) == BATCH_CHUNKS.get(jax.default_backend(), 1000)
+def test_by_default_the_whole_batch_is_one_product():
+    """chunk=None: one patch matrix and one product for the batch, forward and for dW."""
+    params, X = make_batch(10, "HWC", jnp.float32, seed=5)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: conv2d_batch_fast(p, X, layout="HWC").sum()))(params)
+    names = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+    assert not {"scan", "while"} & set(names), names
+    products = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+    rows = 10 * 5 * 8  # examples x output pixels (7x10 maps, 3x3 kernel, valid)
+    assert len(products) == 2, products
+    assert all(any(rows in v.aval.shape for v in eqn.invars) for eqn in products), products

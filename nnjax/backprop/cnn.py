@@ -159,8 +159,8 @@ def _vmapped(f, in_axes=0, out_axes=0):
 
 
 def _conv_batch(params, X):
-    """`conv2d_batch_fast` on a channels-last batch: chunked im2col products forward and for
-    dW under autodiff (`nnjax.layers.conv.BATCH_CHUNK` has the measurements)."""
+    """`conv2d_batch_fast` on a channels-last batch: one im2col product forward and one for
+    dW and db under autodiff (`nnjax.layers.conv2d_batch` has the measurements)."""
     return conv2d_batch_fast(params, X, layout=_LAYOUT)
 
 

@@ -19,9 +19,9 @@ Differentiating the sum term by term with the upstream delta_{o,i,j} = dL/dz_{o,
 Two forms of the same formulas:
 - Batch level, `conv2d_weight_grad` and `conv2d_input_grad`, for callers that hold the batch.
   dW is patches^T @ delta_mat with one row per (example, output pixel): the example index is
-  contracted inside the matrix product, run over chunks of examples so the patches stay in
-  the caches (`nnjax.layers.conv.BATCH_CHUNK`), and the per-example weight gradients are never
-  materialized. dx is ONE `lax.conv_general_dilated` over the batch.
+  contracted inside the matrix product (over the whole batch, or chunk by chunk to bound its
+  memory), and the per-example weight gradients are never materialized. dx is ONE
+  `lax.conv_general_dilated` over the batch.
 - Per example, `conv2d_backward` (the layer contract). The patch P_{c, i*s+m, j*s+n} is entry
   ((c, m, n), (i, j)) of `im2col(x)`, so the dW correlation is one matrix product,
   dW_mat = delta_mat @ im2col(x)^T with delta_mat of shape (C_out, H'*W'). Under `jax.vmap`
@@ -54,10 +54,10 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
 
     dW_{o,c,m,k} = sum_{examples} sum_{i,j} delta_{o,i,j} P_{c, i*s+m, j*s+k}: with the patches
     of each example as rows (`nnjax.layers.conv.batch_patches`, one row per output pixel), that
-    is patches^T @ delta_mat, the examples and pixels contracted in one matrix product per
-    chunk of `chunk` examples (`sum_chunks`). The per-example weight gradients are never
+    is patches^T @ delta_mat, the examples and pixels contracted in one matrix product (one
+    per chunk of `chunk` examples, `sum_chunks`). The per-example weight gradients are never
     materialized. (As ONE `lax.conv_general_dilated` with the example index as its contracted
-    feature axis, the same sum ran 3 to 8 times slower on CPU: `BATCH_CHUNK`.)
+    feature axis, the same sum ran 3 to 8 times slower on CPU: `nnjax.layers.conv2d_batch`.)
 
     Args:
       X: (N, C_in, H, W) layer inputs ((N, H, W, C_in) with layout="HWC").
@@ -66,7 +66,7 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
       stride: (sh, sw).
       pads: ((top, bottom), (left, right)), as `nnjax.layers.conv_padding` resolves them.
       layout: "CHW" or "HWC", the layout of each example.
-      chunk: examples per matrix product; None: `nnjax.layers.conv.default_batch_chunk`.
+      chunk: examples per matrix product, to bound the patches' memory; None: the whole batch.
 
     Returns:
       dW: (C_out, C_in, kh, kw).
@@ -75,7 +75,7 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
 
 
 def conv2d_param_grads(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int | None = None):
-    """dL/dW and dL/db summed over a batch, from ONE im2col product per chunk.
+    """dL/dW and dL/db summed over a batch, from ONE im2col product (per chunk).
 
     The bias is a weight on an input that is always 1 (the chapter's perceptron), so each row
     of patches gets a last feature 1 (`nnjax.layers.conv.patch_rows`, the matrix

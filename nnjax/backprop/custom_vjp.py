@@ -25,7 +25,7 @@ contracts the batch inside one convolution; for wide layers at small batches the
 
 `conv2d_batch_fast` avoids that trade-off by working on the whole batch: the forward is
 `nnjax.layers.conv2d_batch` and the backward the batch-level `conv2d_param_grads` (the batch
-contracted inside chunked im2col products) and `conv2d_input_grad`. The CNN uses it.
+contracted inside im2col products) and `conv2d_input_grad`. The CNN uses it.
 `batch_norm_batch_fast` does the same for batch norm, whose per-example `custom_vjp` could
 not reach the batch statistics.
 
@@ -103,7 +103,7 @@ def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk:
     """`nnjax.layers.conv2d_batch` (a whole batch) whose gradient is hand-derived at batch level.
 
     Same arguments, checks and result as `conv2d_batch`. Under `jax.grad`: dW and db from
-    `conv2d_param_grads` (chunked im2col products, the batch contracted; db, the sum of delta
+    `conv2d_param_grads` (im2col products, the batch contracted; db, the sum of delta
     over examples and pixels, as the product's row for an input of 1), dX from
     `conv2d_input_grad` (one convolution). The CNN's
     training step runs its convolutions through this (`nnjax.network.cnn_apply_batch`).

@@ -15,10 +15,9 @@ axis has out_size = (in_size - kernel_size + 2 * padding) // stride + 1.
 ONE matrix product, W reshaped to (C_out, C_in*kh*kw) times the matrix of input patches whose
 columns are the flattened receptive fields (`im2col`): the linear-algebra view of convolution.
 
-`conv2d_batch` is the layer on a whole batch for callers that hold one (the hand-derived
-training step): the im2col matrix product, run on a CPU over chunks of `BATCH_CHUNK` examples
-so each chunk's patches stay in the caches (`map_chunks`, `sum_chunks`), on a GPU over the
-whole batch at once (`default_batch_chunk`).
+`conv2d_batch` is the layer on a whole batch for callers that hold one (the training step):
+ONE im2col matrix product over the batch (`patch_rows`), or, to bound its memory, one per
+chunk of examples (`map_chunks`, `sum_chunks`).
 """
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, 
 
 __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "conv2d",
-    "im2col", "conv2d_im2col", "BATCH_CHUNK", "BATCH_CHUNKS", "UNROLLED_CHUNKS", "default_batch_chunk", "map_chunks",
+    "im2col", "conv2d_im2col", "UNROLLED_CHUNKS", "map_chunks",
     "sum_chunks", "batch_patches", "kernel_matrix", "patch_rows", "check_conv_batch_args", "conv2d_batch",
 ]
 
@@ -261,43 +260,22 @@ def conv2d_im2col(params, x, stride=1, padding="valid"):
     return z.reshape(c_out, *conv_output_shape(x.shape[1:], (kh, kw), stride, pads))
 
 
-BATCH_CHUNK = 64
-"""Examples per chunk of the batch-level im2col products on a CPU (`conv2d_batch`,
-`nnjax.backprop.conv2d_weight_grad`). Measured on a 2-core CPU (jax 0.10.2), conv 32->64 3x3
-on 13x13 maps, channels-last: the forward took 10.5 ms as one XLA convolution against 6.3 ms
-in chunks of 32 at batch 128, 77 against 24 ms at batch 512; the weight gradient 24 (one
-convolution) against 7.2 ms at batch 128 and 227 against 28 ms at batch 512. Unchunked, the
-patches of 128 examples (18 MB) outgrow the caches and the product is no faster than the
-convolution."""
-
-BATCH_CHUNKS = {"cpu": BATCH_CHUNK}
-"""backend -> examples per product when a batch-level convolution is given ``chunk=None``.
-A backend not listed (a GPU) multiplies the whole batch at once: it has no cache to stay in,
-and each chunk of a `lax.map` would be a separate round of small kernels."""
-
-
-def default_batch_chunk(batch_size: int, backend: str | None = None) -> int:
-    """Examples per product of the batch-level convolutions on `backend` (`BATCH_CHUNKS`;
-    the whole batch where none is listed). ``backend`` defaults to ``jax.default_backend()``."""
-    return BATCH_CHUNKS.get(backend or jax.default_backend(), batch_size)
-
-
 UNROLLED_CHUNKS = 4
 """Up to this many chunks, `map_chunks` and `sum_chunks` call fn once per chunk, side by side,
 instead of looping (`lax.map`, `lax.scan`): the calls are then independent operations, which
 XLA's CPU runtime runs at the same time on different cores, with no loop buffers to fill.
 More chunks loop, so the compiled program stays small. Measured on the 2-core CPU (jax
-0.10.2), the CNN's train step at batch 128 on ONE device: 40-43 ms (autodiff) and 36-45 ms
-(hand-derived) with its two chunks side by side, against 49-52 and 45-52 ms with the batch
-split across two devices and 58-63 ms looping on one device; at batch 1024, 16 chunks side
-by side ran no faster than the loop and took 8.3 s to compile against 2.5 s."""
+0.10.2), the CNN's train step at batch 128 in chunks of 64: 40-43 ms with the two chunks
+side by side against 58-63 ms looping; at batch 1024, 16 chunks side by side ran no faster
+than the loop and took 8.3 s to compile against 2.5 s. (Unchunked, that step is as fast
+again and compiles faster: the training code does not chunk, `conv2d_batch`.)"""
 
 
 def _chunks(arrays, chunk: int | None):
     """The leading axis of each array cut into `chunk`-example blocks, as (count, blocks,
     rest): blocks (count, chunk, ...) per array, rest the remainder (possibly empty);
-    chunk None is `default_batch_chunk`."""
-    chunk = chunk or default_batch_chunk(arrays[0].shape[0])
+    chunk None is the whole batch."""
+    chunk = chunk or arrays[0].shape[0]
     count = arrays[0].shape[0] // chunk
     blocks = [a[:count * chunk].reshape(count, chunk, *a.shape[1:]) for a in arrays]
     rest = [a[count * chunk:] for a in arrays]
@@ -320,7 +298,7 @@ def map_chunks(fn, arrays, chunk: int | None = None):
     Args:
       fn: takes arrays with a leading batch axis, returns one array with the same batch axis.
       arrays: sequence of arrays, all with the same leading size m.
-      chunk: examples per call; None: `default_batch_chunk`.
+      chunk: examples per call; None: the whole batch in one call.
 
     Returns:
       fn's result for all m examples.
@@ -413,18 +391,24 @@ def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
 
 
 def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
-    """`conv2d` on a whole batch: jax.vmap(conv2d)(X) computed as chunked im2col products.
+    """`conv2d` on a whole batch: jax.vmap(conv2d)(X) computed as im2col matrix products.
 
     Z_n = patches(X_n) @ W_mat + b = [patches(X_n) | 1] @ [W_mat; b] for each example n
-    (`patch_rows`, `kernel_matrix`),
-    `chunk` examples per product (`map_chunks`; `BATCH_CHUNK` says why).
+    (`patch_rows`, `kernel_matrix`): by default ONE product for the whole batch, else
+    `chunk` examples per product (`map_chunks`). Measured on the 2-core CPU (jax 0.10.2), in
+    the CNN's train step: chunks of 64 (which an earlier version of this code needed to keep
+    the patches in the caches) ran no faster at batch 128 or 1024 and compiled slower (at
+    1024, split across 2 devices: 363-409 ms per step unchunked against 409-449 in chunks
+    of 64, 2.0 against 3.0 s to the first step). Against ONE XLA convolution
+    (`lax.conv_general_dilated`), this conv 32->64 3x3 on 13x13 maps ran 6.3 against 10.5 ms
+    at batch 128, and its weight gradient (`nnjax.backprop.conv2d_param_grads`) 7.2 against
+    24 ms.
 
     Args:
       params: {"W": (C_out, C_in, kh, kw), "b": (C_out,)}.
       X: (m, C_in, H, W) (or (m, H, W, C_in) with layout="HWC").
       stride, padding, layout: as `conv2d`.
-      chunk: examples per matrix product; None: `default_batch_chunk` (64 on a CPU, the
-        whole batch on a GPU).
+      chunk: examples per matrix product, to bound the patches' memory; None: the whole batch.
 
     Returns:
       (m, C_out, H', W') (or (m, H', W', C_out)), equal to jax.vmap(conv2d)(X).
