@@ -291,9 +291,9 @@ def _chunk_results(fn, count, blocks, rest) -> list:
 def map_chunks(fn, arrays, chunk: int | None = None):
     """fn(*arrays) for a function that maps each example independently, chunk examples at a time.
 
-    XLA then runs one small product per chunk instead of one that outgrows the caches: up to
-    `UNROLLED_CHUNKS` chunks side by side, more as a `lax.map` (plus one call for the
-    remainder). Same result as fn(*arrays).
+    Each call's intermediate values (a convolution's patches) then span one chunk, not the
+    whole batch: up to `UNROLLED_CHUNKS` chunks side by side, more as a `lax.map` (plus one
+    call for the remainder). Same result as fn(*arrays).
 
     Args:
       fn: takes arrays with a leading batch axis, returns one array with the same batch axis.
