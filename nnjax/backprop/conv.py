@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import batch_patches, check_conv_args, conv_output_shape, im2col, patch_rows, sum_chunks
+from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col, patch_rows, sum_chunks
 from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad"]
@@ -100,12 +100,7 @@ def _patch_product(X, delta, kernel_hw, stride, pads, layout, chunk, bias: bool)
     (kh, kw), c_in, c_out = kernel_hw, X.shape[-1], delta.shape[-1]
 
     def chunk_grad(Xc, Dc):
-        if bias:
-            patches = patch_rows(Xc, kernel_hw, stride, pads)
-        else:
-            patches = batch_patches(Xc, kernel_hw, stride, pads)
-            patches = patches.reshape(-1, patches.shape[-1])
-        return patches.T @ Dc.reshape(-1, c_out)
+        return patch_rows(Xc, kernel_hw, stride, pads, bias).T @ Dc.reshape(-1, c_out)
 
     product = sum_chunks(chunk_grad, [X, delta], chunk)
     grads = {"W": product[:kh * kw * c_in].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)}

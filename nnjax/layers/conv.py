@@ -282,10 +282,14 @@ def _chunks(arrays, chunk: int | None):
     return count, blocks, rest
 
 
+def _rest_results(fn, rest) -> list:
+    """[fn(*rest)] for a non-empty remainder, else []."""
+    return [fn(*rest)] if rest[0].shape[0] else []
+
+
 def _chunk_results(fn, count, blocks, rest) -> list:
     """fn's result on each block side by side (`UNROLLED_CHUNKS`) and on a non-empty rest."""
-    results = [fn(*(block[i] for block in blocks)) for i in range(count)]
-    return results + ([fn(*rest)] if rest[0].shape[0] else [])
+    return [fn(*(block[i] for block in blocks)) for i in range(count)] + _rest_results(fn, rest)
 
 
 def map_chunks(fn, arrays, chunk: int | None = None):
@@ -309,8 +313,7 @@ def map_chunks(fn, arrays, chunk: int | None = None):
     if count <= UNROLLED_CHUNKS:
         return jnp.concatenate(_chunk_results(fn, count, blocks, rest))
     out = lax.map(lambda block: fn(*block), blocks)
-    out = out.reshape(-1, *out.shape[2:])
-    return out if rest[0].shape[0] == 0 else jnp.concatenate([out, fn(*rest)])
+    return jnp.concatenate([out.reshape(-1, *out.shape[2:]), *_rest_results(fn, rest)])
 
 
 def sum_chunks(fn, arrays, chunk: int | None = None):
@@ -324,11 +327,12 @@ def sum_chunks(fn, arrays, chunk: int | None = None):
     count, blocks, rest = _chunks(arrays, chunk)
     if count <= 1:
         return fn(*arrays)
+    add = partial(jax.tree.map, jnp.add)
     if count <= UNROLLED_CHUNKS:
-        return reduce(partial(jax.tree.map, jnp.add), _chunk_results(fn, count, blocks, rest))
+        return reduce(add, _chunk_results(fn, count, blocks, rest))
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, *[b[0] for b in blocks]))
-    total, _ = lax.scan(lambda acc, block: (jax.tree.map(jnp.add, acc, fn(*block)), None), zeros, blocks)
-    return total if rest[0].shape[0] == 0 else jax.tree.map(jnp.add, total, fn(*rest))
+    total, _ = lax.scan(lambda acc, block: (add(acc, fn(*block)), None), zeros, blocks)
+    return reduce(add, _rest_results(fn, rest), total)
 
 
 def batch_patches(X, kernel_hw, stride, pads):
@@ -362,19 +366,21 @@ def kernel_matrix(W):
     return W.transpose(2, 3, 1, 0).reshape(-1, W.shape[0])
 
 
-def patch_rows(X, kernel_hw, stride, pads):
+def patch_rows(X, kernel_hw, stride, pads, bias: bool = True):
     """[patches | 1]: `batch_patches` as the rows of one matrix, each with a last feature 1.
 
     The bias is the weight of an input that is always 1 (the chapter's perceptron), so
     patch_rows(X) @ [W_mat; b] is the convolution with its bias, and patch_rows(X)^T @ delta
     holds dW and db (`nnjax.backprop.conv2d_param_grads`). The forward pass and the weight
     gradient build the same matrix, which XLA then computes once per training step.
+    With bias=False, the patches alone (no column of ones).
 
     Returns:
-      (m*H'*W', kh*kw*C + 1), the rows in (n, i, j) order.
+      (m*H'*W', kh*kw*C + 1) (kh*kw*C columns with bias=False), the rows in (n, i, j) order.
     """
     patches = batch_patches(X, kernel_hw, stride, pads)
-    patches = jnp.concatenate([patches, jnp.ones((*patches.shape[:-1], 1), patches.dtype)], axis=-1)
+    if bias:
+        patches = jnp.concatenate([patches, jnp.ones((*patches.shape[:-1], 1), patches.dtype)], axis=-1)
     return patches.reshape(-1, patches.shape[-1])
 
 
