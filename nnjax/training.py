@@ -489,14 +489,23 @@ def use_compile_cache(folder: str | None = None) -> str | None:
     return folder
 
 
-CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 """The XLA options nnjax compiles its programs with on a CPU (`compiler_options`).
 
-XLA's CPU backend has two code generators for fused element-wise work; the older one (the
-"elemental" emitters, this option) compiled the CNN's train step in 1.7-2.1 s instead of 3.0-3.7 s
-at batch 128 (3.0 against 3.4-4.0 s at batch 1024), with steps as fast or faster (at batch 128,
-48-62 against 60-75 ms per step in the same runs; the MLP's the same within noise). Measured
-with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md."""
+- ``xla_cpu_use_fusion_emitters: False``: XLA's CPU backend has two code generators for fused
+  element-wise work; the older one (the "elemental" emitters) compiled the CNN's train step in
+  1.7-2.1 s instead of 3.0-3.7 s at batch 128 (3.0 against 3.4-4.0 s at batch 1024), with
+  steps as fast or faster (at batch 128, 48-62 against 60-75 ms per step in the same runs;
+  the MLP's the same within noise).
+- ``xla_backend_optimization_level: 1`` (LLVM's -O1 instead of -O2 for the code XLA generates;
+  the matrix products are precompiled library kernels either way): the CNN's step at batch
+  1024 on 2 devices compiled in 0.98-1.24 s against 1.33-1.59 s, with steps the same within
+  noise (A/B in one process, 12 rounds: CNN batch 128 median 46.0 against 45.1 ms, MLP scan
+  epoch 0.86 against 0.91 ms per step). Results differ from -O2's in the last bits of float32
+  (7e-8 after 3 CNN steps), a run repeats exactly. At level 0 the compile took 0.4 s but the
+  step ran 3 times slower.
+
+Measured with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md."""
 
 
 def compiler_options(backend: str | None = None) -> dict:

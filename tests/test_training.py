@@ -279,7 +279,7 @@ def test_checkpoint_from_before_a_setting_existed_resumes(small_splits, referenc
 def test_compiler_options_on_a_cpu_and_elsewhere(monkeypatch):
     options = training.compiler_options("cpu")
     assert options == training.CPU_COMPILER_OPTIONS
-    options["xla_cpu_use_fusion_emitters"] = True
+    options["xla_backend_optimization_level"] = 3
     assert training.compiler_options("cpu") == training.CPU_COMPILER_OPTIONS, "callers got a shared dict"
     assert training.compiler_options("gpu") == {}
     monkeypatch.setattr(training, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_the_test": True})
