@@ -502,7 +502,7 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optim
   1024 on 2 devices compiled in 0.98-1.24 s against 1.33-1.59 s, with steps the same within
   noise (A/B in one process, 12 rounds: CNN batch 128 median 46.0 against 45.1 ms, MLP scan
   epoch 0.86 against 0.91 ms per step). Results differ from -O2's in the last bits of float32
-  (7e-8 after 3 CNN steps), a run repeats exactly. At level 0 the compile took 0.4 s but the
+  (1.2e-7 after 3 CNN steps), a run repeats exactly. At level 0 the compile took 0.4 s but the
   step ran 3 times slower.
 
 Measured with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md."""
