@@ -5,26 +5,27 @@
 #   BENCH_PARTS=bench_cnn,bench_mlp scripts/bench_gpu.sh OUT_DIR     # only those parts
 #
 # Parts, in this order, each time-boxed so that one slow or failing part cannot cost the others:
-#   tta_cnn_bf16, tta_cnn_f32, tta_cnn_b128 (200 s): the CNN's time to 99% test accuracy
+#   tta_cnn_bf16, tta_cnn_f32, tta_cnn_b128 (80 s each): the CNN's time to 99% test accuracy
 #       (3 seeds): the GPU settings in bfloat16 mixed precision and in float32, and the CPU's
 #       settings (batch 128);
-#   tta_mlp (50 s): the MLP's time to 98%;
-#   bench_cnn (200 s), bench_mlp (120 s): bench.py's throughput tables, batch 128 and 1024,
+#   tta_mlp (45 s): the MLP's time to 98%;
+#   bench_cnn (160 s), bench_mlp (110 s): bench.py's throughput tables, batch 128 and 1024,
 #       scan epochs, for $BENCH_FRAMEWORKS (default nnjax,raw_jax,flax,equinox,torch); each JAX
 #       row took 5-30 s to compile on an H200, so they are compiled 8 at a time
 #       (--compile-workers 8; their warm-up times then overlap);
-#   bench_cnn_compile, bench_mlp_compile (150 s each): torch.compile against nnjax, one round
-#       (its child process compiles anew each round).
+#   bench_compile (240 s): torch.compile (CUDA graphs on a GPU) against nnjax, both models, one
+#       round (its child process compiles anew each round).
 # Each part writes its JSON and its log into OUT_DIR, and parts.txt its exit status and time;
 # gpu.txt says which GPU and JAX ran. MNIST must be prepared where nnjax looks
 # ($NNJAX_DATA_DIR, else ~/.cache/nnjax/mnist). The device tool returns at most 8 files per
-# call: write OUT_DIR outside $OUT and tar it into $OUT.
+# call: write OUT_DIR outside $OUT and set BENCH_ARCHIVE=$OUT/gpu.tgz, which is rewritten after
+# every part, so that a caller stopped at its time limit keeps the parts that finished.
 set -u
 out=${1:?usage: scripts/bench_gpu.sh OUT_DIR [PYTHON]}
 python=${2:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
-parts=",${BENCH_PARTS:-tta_cnn_bf16,tta_cnn_f32,tta_cnn_b128,tta_mlp,bench_cnn,bench_mlp,bench_cnn_compile,bench_mlp_compile},"
+parts=",${BENCH_PARTS:-tta_cnn_bf16,tta_cnn_f32,tta_cnn_b128,tta_mlp,bench_cnn,bench_mlp,bench_compile},"
 
 part() {  # part NAME SECONDS COMMAND...: runs COMMAND with a time limit, output in NAME.log
     local name=$1 seconds=$2
@@ -33,6 +34,12 @@ part() {  # part NAME SECONDS COMMAND...: runs COMMAND with a time limit, output
     local start=$SECONDS
     timeout "$seconds" "$@" > "$out/$name.log" 2>&1
     echo "$name: exit $? after $((SECONDS - start)) s (limit $seconds s)" | tee -a "$out/parts.txt"
+    archive
+}
+
+archive() {  # OUT_DIR as a .tgz at $BENCH_ARCHIVE, if set, written atomically
+    [[ -n ${BENCH_ARCHIVE:-} ]] || return 0
+    tar czf "$BENCH_ARCHIVE.part" -C "$(dirname "$out")" "$(basename "$out")" && mv "$BENCH_ARCHIVE.part" "$BENCH_ARCHIVE"
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -45,12 +52,10 @@ part tta_cnn_bf16 80 $tta --models cnn --out "$out/tta_cnn_bf16.json"
 part tta_cnn_f32 80 $tta --models cnn --set cnn.compute_dtype=float32 --out "$out/tta_cnn_f32.json"
 part tta_cnn_b128 80 $tta --models cnn --set cnn.batch_size=128 --set cnn.epochs=3 --set cnn.lr=3e-3 \
     --set cnn.label_smoothing=0 --set cnn.warmup_epochs=0.2 --set cnn.eval_every=25 --out "$out/tta_cnn_b128.json"
-part tta_mlp 50 $tta --models mlp --out "$out/tta_mlp.json"
-part bench_cnn 200 $bench --models cnn --frameworks "$frameworks" --repeats 3 \
+part tta_mlp 45 $tta --models mlp --out "$out/tta_mlp.json"
+part bench_cnn 160 $bench --models cnn --frameworks "$frameworks" --repeats 3 \
     --out "$out/bench_cnn.json" --markdown "$out/bench_cnn.md"
-part bench_mlp 120 $bench --models mlp --frameworks "$frameworks" --repeats 3 \
+part bench_mlp 110 $bench --models mlp --frameworks "$frameworks" --repeats 3 \
     --out "$out/bench_mlp.json" --markdown "$out/bench_mlp.md"
-part bench_cnn_compile 150 $bench --models cnn --frameworks nnjax,torch_compile --repeats 1 --compile-timeout 100 \
-    --out "$out/bench_cnn_compile.json" --markdown "$out/bench_cnn_compile.md"
-part bench_mlp_compile 150 $bench --models mlp --frameworks nnjax,torch_compile --repeats 1 --compile-timeout 100 \
-    --out "$out/bench_mlp_compile.json" --markdown "$out/bench_mlp_compile.md"
+part bench_compile 240 $bench --models mlp,cnn --frameworks nnjax,torch_compile --repeats 1 --compile-timeout 80 \
+    --out "$out/bench_compile.json" --markdown "$out/bench_compile.md"

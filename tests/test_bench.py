@@ -3,6 +3,7 @@ JSON (no timing assertions: the numbers depend on the machine and its load)."""
 import json
 import os
 import subprocess
+import tarfile
 import sys
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     assert done.returncode == 0, done.stderr
     parts = dict(line.split(": exit ") for line in (out / "parts.txt").read_text().splitlines())
     assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn", "bench_mlp",
-                           "bench_cnn_compile", "bench_mlp_compile"]
+                           "bench_compile"]
     assert parts["bench_cnn"].startswith("3 ") and all(
         status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn")
     for name in parts:
@@ -214,10 +215,13 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
         assert f"--out {out}/{name}.json" in logged
         assert ("bench_time_to_accuracy.py" if name.startswith("tta") else "bench.py --modes scan --compile-workers 8") in logged
     assert "compute_dtype=float32" in (out / "tta_cnn_f32.log").read_text()
-    assert "--frameworks nnjax,torch_compile --repeats 1" in (out / "bench_mlp_compile.log").read_text()
+    assert "--models mlp,cnn --frameworks nnjax,torch_compile --repeats 1" in (out / "bench_compile.log").read_text()
 
-    chosen = tmp_path / "chosen"
+    chosen, archive = tmp_path / "chosen", tmp_path / "gpu.tgz"
     done = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(chosen), str(fake)], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT, env={**os.environ, "BENCH_PARTS": "tta_mlp,bench_mlp"})
+                          text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "BENCH_PARTS": "tta_mlp,bench_mlp", "BENCH_ARCHIVE": str(archive)})
     assert done.returncode == 0, done.stderr
     assert [line.split(":")[0] for line in (chosen / "parts.txt").read_text().splitlines()] == ["tta_mlp", "bench_mlp"]
+    with tarfile.open(archive) as packed:
+        assert {"chosen/parts.txt", "chosen/tta_mlp.log", "chosen/bench_mlp.log"} <= set(packed.getnames())
