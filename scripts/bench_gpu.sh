@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/benchmarks.md in one go, for a GPU lent for a few minutes.
+# Every GPU measurement of docs/benchmarks.md, for a GPU lent for a few minutes.
 #
 #   scripts/bench_gpu.sh OUT_DIR [PYTHON]
-#   BENCH_PARTS=bench_cnn,bench_mlp scripts/bench_gpu.sh OUT_DIR     # only those parts
+#   BENCH_PARTS=bench_cnn_1024,tta_mlp scripts/bench_gpu.sh OUT_DIR     # only those parts
 #
 # Parts, in this order, each time-boxed so that one slow or failing part cannot cost the others:
 #   tta_cnn_bf16, tta_cnn_f32, tta_cnn_b128 (80 s each): the CNN's time to 99% test accuracy
 #       (3 seeds): the GPU settings in bfloat16 mixed precision and in float32, and the CPU's
 #       settings (batch 128);
 #   tta_mlp (45 s): the MLP's time to 98%;
-#   bench_cnn (160 s), bench_mlp (110 s): bench.py's throughput tables, batch 128 and 1024,
-#       scan epochs, for $BENCH_FRAMEWORKS (default nnjax,raw_jax,flax,equinox,torch); each JAX
-#       row took 5-30 s to compile on an H200, so they are compiled 8 at a time
-#       (--compile-workers 8; their warm-up times then overlap);
-#   bench_compile (240 s): torch.compile (CUDA graphs on a GPU) against nnjax, both models, one
-#       round (its child process compiles anew each round).
+#   bench_cnn_128, bench_cnn_1024 (200 s each), bench_mlp_128, bench_mlp_1024 (150 s each):
+#       bench.py's throughput table of one model and batch size, scan epochs, for
+#       $BENCH_FRAMEWORKS (default: every framework, torch.compile with CUDA graphs included),
+#       3 interleaved rounds. The JAX rows are compiled 8 at a time (--compile-workers 8); on an
+#       H100 host the 5 rows of one table still took 60-75 s together, hence a part per table.
+# All parts together run past one device call's 10 minutes: choose with BENCH_PARTS.
 # Each part writes its JSON and its log into OUT_DIR, and parts.txt its exit status and time;
 # gpu.txt says which GPU and JAX ran. MNIST must be prepared where nnjax looks
 # ($NNJAX_DATA_DIR, else ~/.cache/nnjax/mnist). The device tool returns at most 8 files per
@@ -25,7 +25,7 @@ out=${1:?usage: scripts/bench_gpu.sh OUT_DIR [PYTHON]}
 python=${2:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
-parts=",${BENCH_PARTS:-tta_cnn_bf16,tta_cnn_f32,tta_cnn_b128,tta_mlp,bench_cnn,bench_mlp,bench_compile},"
+parts=",${BENCH_PARTS:-tta_cnn_bf16,tta_cnn_f32,tta_cnn_b128,tta_mlp,bench_cnn_128,bench_cnn_1024,bench_mlp_128,bench_mlp_1024},"
 
 part() {  # part NAME SECONDS COMMAND...: runs COMMAND with a time limit, output in NAME.log
     local name=$1 seconds=$2
@@ -45,17 +45,17 @@ archive() {  # OUT_DIR as a .tgz at $BENCH_ARCHIVE, if set, written atomically
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$python" -c "import jax; print('jax', jax.__version__, jax.devices())"; } > "$out/gpu.txt" 2>&1
 
-frameworks=${BENCH_FRAMEWORKS:-nnjax,raw_jax,flax,equinox,torch}
+frameworks=${BENCH_FRAMEWORKS:-nnjax,raw_jax,flax,equinox,torch,torch_compile}
 tta="$python scripts/bench_time_to_accuracy.py"
-bench="$python scripts/bench.py --modes scan --compile-workers 8"
+bench="$python scripts/bench.py --modes scan --compile-workers 8 --repeats 3 --compile-timeout 60"
 part tta_cnn_bf16 80 $tta --models cnn --out "$out/tta_cnn_bf16.json"
 part tta_cnn_f32 80 $tta --models cnn --set cnn.compute_dtype=float32 --out "$out/tta_cnn_f32.json"
 part tta_cnn_b128 80 $tta --models cnn --set cnn.batch_size=128 --set cnn.epochs=3 --set cnn.lr=3e-3 \
     --set cnn.label_smoothing=0 --set cnn.warmup_epochs=0.2 --set cnn.eval_every=25 --out "$out/tta_cnn_b128.json"
 part tta_mlp 45 $tta --models mlp --out "$out/tta_mlp.json"
-part bench_cnn 160 $bench --models cnn --frameworks "$frameworks" --repeats 3 \
-    --out "$out/bench_cnn.json" --markdown "$out/bench_cnn.md"
-part bench_mlp 110 $bench --models mlp --frameworks "$frameworks" --repeats 3 \
-    --out "$out/bench_mlp.json" --markdown "$out/bench_mlp.md"
-part bench_compile 240 $bench --models mlp,cnn --frameworks nnjax,torch_compile --repeats 1 --compile-timeout 80 \
-    --out "$out/bench_compile.json" --markdown "$out/bench_compile.md"
+for model_batch in cnn:128:200 cnn:1024:200 mlp:128:150 mlp:1024:150; do
+    IFS=: read -r model batch seconds <<< "$model_batch"
+    name=bench_${model}_$batch
+    part "$name" "$seconds" $bench --models "$model" --batch-sizes "$batch" --frameworks "$frameworks" \
+        --out "$out/$name.json" --markdown "$out/$name.md"
+done

@@ -197,31 +197,32 @@ def test_bench_rejects_unknown_framework(tmp_path):
 
 def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     """scripts/bench_gpu.sh with a stand-in for Python that echoes its arguments and fails for
-    the CNN throughput part: every part still runs, each logged, each exit status recorded."""
+    the CNN's batch-1024 throughput part: every part still runs, each logged, each exit status recorded."""
     fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "$@"\ncase "$*" in *"--models cnn --frameworks nnjax,raw_jax"*) exit 3;; esac\n')
+    fake.write_text('#!/bin/sh\necho "$@"\ncase "$*" in *"--models cnn --batch-sizes 1024 "*) exit 3;; esac\n')
     fake.chmod(0o755)
     out = tmp_path / "out"
     done = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(out), str(fake)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     parts = dict(line.split(": exit ") for line in (out / "parts.txt").read_text().splitlines())
-    assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn", "bench_mlp",
-                           "bench_compile"]
-    assert parts["bench_cnn"].startswith("3 ") and all(
-        status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn")
+    assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn_128", "bench_cnn_1024",
+                           "bench_mlp_128", "bench_mlp_1024"]
+    assert parts["bench_cnn_1024"].startswith("3 ") and all(
+        status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn_1024")
     for name in parts:
         logged = (out / f"{name}.log").read_text()
         assert f"--out {out}/{name}.json" in logged
         assert ("bench_time_to_accuracy.py" if name.startswith("tta") else "bench.py --modes scan --compile-workers 8") in logged
     assert "compute_dtype=float32" in (out / "tta_cnn_f32.log").read_text()
-    assert "--models mlp,cnn --frameworks nnjax,torch_compile --repeats 1" in (out / "bench_compile.log").read_text()
+    assert "--models mlp --batch-sizes 128 --frameworks nnjax,raw_jax,flax,equinox,torch,torch_compile" \
+        in (out / "bench_mlp_128.log").read_text()
 
     chosen, archive = tmp_path / "chosen", tmp_path / "gpu.tgz"
     done = subprocess.run(["bash", str(SCRIPTS / "bench_gpu.sh"), str(chosen), str(fake)], capture_output=True,
                           text=True, timeout=60, cwd=ROOT,
-                          env={**os.environ, "BENCH_PARTS": "tta_mlp,bench_mlp", "BENCH_ARCHIVE": str(archive)})
+                          env={**os.environ, "BENCH_PARTS": "tta_mlp,bench_mlp_1024", "BENCH_ARCHIVE": str(archive)})
     assert done.returncode == 0, done.stderr
-    assert [line.split(":")[0] for line in (chosen / "parts.txt").read_text().splitlines()] == ["tta_mlp", "bench_mlp"]
+    assert [line.split(":")[0] for line in (chosen / "parts.txt").read_text().splitlines()] == ["tta_mlp", "bench_mlp_1024"]
     with tarfile.open(archive) as packed:
-        assert {"chosen/parts.txt", "chosen/tta_mlp.log", "chosen/bench_mlp.log"} <= set(packed.getnames())
+        assert {"chosen/parts.txt", "chosen/tta_mlp.log", "chosen/bench_mlp_1024.log"} <= set(packed.getnames())
