@@ -3,8 +3,8 @@ JSON (no timing assertions: the numbers depend on the machine and its load)."""
 import json
 import os
 import subprocess
-import tarfile
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +161,37 @@ def test_torch_compile_past_its_time_box_is_skipped(tmp_path, bench_module):
     # the child either outlives its 10 s box or reports a compile time over 0.1 s: skipped either way
     assert entry["status"].startswith(("skipped (did not finish within its 10 s time box; compile limit 0 s",
                                        "skipped (compile took")), entry
+
+
+def test_torch_compile_uses_cuda_graphs_on_a_gpu_and_falls_back_if_refused(tmp_path, bench_module, monkeypatch,
+                                                                             capsys):
+    """On "cuda" the compiled row asks for mode "reduce-overhead"; a first step that raises in
+    that mode is measured again in the default mode, and the row's note says why."""
+    pytest.importorskip("torch")
+    from bench_peers import common, torch_peer
+
+    assert torch_peer.compile_mode("cuda") == "reduce-overhead" and torch_peer.compile_mode("cpu") is None
+    images, labels = common.synthetic_mnist(8)
+    data = common.cut_epoch(images, labels, 4, 2)
+    epoch_file = tmp_path / "epoch.npz"
+    np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
+    modes = []
+
+    def make_trainer(model, data, lr, compiled, threads=None, device="cpu", mode=None):
+        modes.append(mode)
+
+        def first_step():
+            if mode is not None:
+                raise RuntimeError("cudagraphs refused")
+
+        return common.Trainer("PyTorch compile", "peer", first_step, lambda: None, None, note="stand-in")
+
+    monkeypatch.setattr(torch_peer, "compile_mode", lambda device: "reduce-overhead")
+    monkeypatch.setattr(torch_peer, "make_trainer", make_trainer)
+    assert torch_peer.main(["--model", "mlp", "--epoch-file", str(epoch_file), "--repeats", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert modes == ["reduce-overhead", None] and len(result["epoch_s"]) == 2
+    assert "mode reduce-overhead failed: RuntimeError: cudagraphs refused" in result["note"]
 
 
 @pytest.mark.parametrize("epoch_mode,dtype", [("scan", "float32"), ("loop", "bfloat16")])
