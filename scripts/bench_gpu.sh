@@ -13,7 +13,9 @@
 #       bench.py's throughput table of one model and batch size, scan epochs, for
 #       $BENCH_FRAMEWORKS (default: every framework, torch.compile with CUDA graphs included),
 #       3 interleaved rounds. The JAX rows are compiled 8 at a time (--compile-workers 8); on an
-#       H100 host the 5 rows of one table still took 60-75 s together, hence a part per table.
+#       H100 host the 5 rows of one table still took 60-75 s together, hence a part per table;
+#   profile (150 s): where the time of nnjax's train steps goes at batch 1024, kernel by kernel
+#       (`bench.py --profile`), both models: the MLP trails the JAX peers on a GPU.
 # All parts together run past one device call's 10 minutes: choose with BENCH_PARTS.
 # Each part writes its JSON and its log into OUT_DIR, and parts.txt its exit status and time;
 # gpu.txt says which GPU and JAX ran. MNIST must be prepared where nnjax looks
@@ -25,7 +27,7 @@ out=${1:?usage: scripts/bench_gpu.sh OUT_DIR [PYTHON]}
 python=${2:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
-parts=",${BENCH_PARTS:-tta_cnn_bf16,tta_cnn_f32,tta_cnn_b128,tta_mlp,bench_cnn_128,bench_cnn_1024,bench_mlp_128,bench_mlp_1024},"
+parts=",${BENCH_PARTS:-tta_cnn_bf16,tta_cnn_f32,tta_cnn_b128,tta_mlp,bench_cnn_128,bench_cnn_1024,bench_mlp_128,bench_mlp_1024,profile},"
 
 part() {  # part NAME SECONDS COMMAND...: runs COMMAND with a time limit, output in NAME.log
     local name=$1 seconds=$2
@@ -59,3 +61,4 @@ for model_batch in cnn:128:200 cnn:1024:200 mlp:128:150 mlp:1024:150; do
     part "$name" "$seconds" $bench --models "$model" --batch-sizes "$batch" --frameworks "$frameworks" \
         --out "$out/$name.json" --markdown "$out/$name.md"
 done
+part profile 150 "$python" scripts/bench.py --profile --models mlp,cnn --batch-sizes 1024 --out "$out/profile.json"

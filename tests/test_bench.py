@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts: each runs a few steps on synthetic data and writes its
 JSON (no timing assertions: the numbers depend on the machine and its load)."""
+import gzip
 import json
 import os
 import subprocess
@@ -238,13 +239,14 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     assert done.returncode == 0, done.stderr
     parts = dict(line.split(": exit ") for line in (out / "parts.txt").read_text().splitlines())
     assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn_128", "bench_cnn_1024",
-                           "bench_mlp_128", "bench_mlp_1024"]
+                           "bench_mlp_128", "bench_mlp_1024", "profile"]
     assert parts["bench_cnn_1024"].startswith("3 ") and all(
         status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn_1024")
     for name in parts:
         logged = (out / f"{name}.log").read_text()
         assert f"--out {out}/{name}.json" in logged
-        assert ("bench_time_to_accuracy.py" if name.startswith("tta") else "bench.py --modes scan --compile-workers 8") in logged
+        assert {"tta": "bench_time_to_accuracy.py", "bench": "bench.py --modes scan --compile-workers 8",
+                "profile": "bench.py --profile --models mlp,cnn --batch-sizes 1024"}[name.split("_")[0]] in logged
     assert "compute_dtype=float32" in (out / "tta_cnn_f32.log").read_text()
     assert "--models mlp --batch-sizes 128 --frameworks nnjax,raw_jax,flax,equinox,torch,torch_compile" \
         in (out / "bench_mlp_128.log").read_text()
@@ -257,3 +259,57 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     assert [line.split(":")[0] for line in (chosen / "parts.txt").read_text().splitlines()] == ["tta_mlp", "bench_mlp_1024"]
     with tarfile.open(archive) as packed:
         assert {"chosen/parts.txt", "chosen/tta_mlp.log", "chosen/bench_mlp_1024.log"} <= set(packed.getnames())
+
+
+def test_profile_smoke(tmp_path):
+    """`bench.py --profile`: per-op times of both nnjax train steps, as a table and as JSON."""
+    results, stdout = run_script("bench.py", tmp_path / "profile.json", "--profile", "--models", "mlp",
+                                 "--batch-sizes", "8")
+    assert [(p["model"], p["batch_size"], p["grads"]) for p in results["profiles"]] == \
+        [("mlp", 8, "autodiff"), ("mlp", 8, "manual")]
+    for result in results["profiles"]:
+        assert result["step_ms"] > 0 and result["ops"] and result["ops_ms"] > 0
+        assert sum(op["share"] for op in result["ops"]) <= 1 + 1e-9
+        assert "matrix products" in result["kinds_ms"]
+    assert "nnjax manual train step, MLP batch 8" in stdout
+
+
+def _write_trace(folder, events):
+    run = folder / "plugins" / "profile" / "run1"
+    run.mkdir(parents=True)
+    with gzip.open(run / "perfetto_trace.json.gz", "wt") as handle:
+        json.dump({"traceEvents": events}, handle)
+
+
+def _metadata(kind, pid, name, tid=None):
+    return {"ph": "M", "name": kind, "pid": pid, "tid": tid, "args": {"name": name}}
+
+
+def test_profile_trace_counts_device_ops_once(tmp_path, bench_module):
+    """On a CPU trace every event counts; on a GPU trace only the device's "XLA Ops" line
+    (or, without one, all of the device's events), never the host's."""
+    from bench_peers import profile_step
+
+    def op(pid, tid, name, dur_us):
+        return {"ph": "X", "pid": pid, "tid": tid, "name": name, "dur": dur_us, "ts": 0}
+
+    _write_trace(tmp_path / "cpu", [_metadata("process_name", 1, "/host:CPU"),
+                                    op(1, 7, "fusion.1", 4000), op(1, 7, "fusion.1", 2000), op(1, 8, "dot.2", 1000)])
+    totals, on_device = profile_step.op_times(str(tmp_path / "cpu"), steps=2)
+    assert not on_device and totals == {"fusion.1": 3.0, "dot.2": 0.5}
+
+    host, gpu = 1, 2
+    _write_trace(tmp_path / "gpu", [
+        _metadata("process_name", host, "/host:CPU"), _metadata("process_name", gpu, "/device:GPU:0 NVIDIA H100"),
+        _metadata("thread_name", gpu, "XLA Ops", tid=3), _metadata("thread_name", gpu, "Stream #13", tid=4),
+        op(host, 1, "fusion.1", 9000), op(gpu, 3, "fusion.1", 1000), op(gpu, 3, "custom-call.2", 3000),
+        op(gpu, 4, "loop_fusion_kernel", 1000), op(gpu, 4, "sm90_xmma_gemm", 3000)])
+    totals, on_device = profile_step.op_times(str(tmp_path / "gpu"), steps=1)
+    assert on_device and totals == {"fusion.1": 1.0, "custom-call.2": 3.0}
+
+    _write_trace(tmp_path / "streams", [
+        _metadata("process_name", gpu, "/device:GPU:0"), _metadata("thread_name", gpu, "Stream #13", tid=4),
+        op(host, 1, "fusion.1", 9000), op(gpu, 4, "fusion.1", 1000), op(gpu, 4, "sm90_xmma_gemm", 3000)])
+    totals, on_device = profile_step.op_times(str(tmp_path / "streams"), steps=1)
+    assert on_device and totals == {"fusion.1": 1.0, "sm90_xmma_gemm": 3.0}
+    assert profile_step.op_kind(profile_step.LIBRARY_KERNEL) == "library kernels"

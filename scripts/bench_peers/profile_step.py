@@ -41,18 +41,36 @@ def _fused_ops(hlo: str, op_name: str) -> str:
     return f"{shape} {' '.join(notable)}".strip()
 
 
-def op_times(trace_dir: str, steps: int) -> collections.Counter:
-    """Milliseconds per step of each event in the Perfetto trace under `trace_dir` (XLA ops and
-    runtime events; `profile` keeps those that name an HLO instruction)."""
+LIBRARY_KERNEL = "(a kernel the HLO does not name: cuBLAS, cuDNN or a copy)"
+"""What `profile` says of a GPU kernel whose name is no HLO instruction's."""
+
+
+def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, bool]:
+    """Milliseconds per step of each event in the Perfetto trace under `trace_dir`.
+
+    Returns:
+      (totals by event name, on_device). On a CPU everything runs in the process "/host:CPU":
+      XLA ops and runtime events are all counted, and `profile` keeps those that name an HLO
+      instruction. With a GPU the trace has device processes ("/device:GPU:0 ..."): only their
+      events count (on_device is True), and of those only the line "XLA Ops" (one event per
+      HLO instruction, cuBLAS calls included) where the trace has one, so that a kernel is not
+      counted twice. The GPU branch is tested on hand-made traces only.
+    """
     path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
     with gzip.open(path) as handle:
         trace = json.load(handle)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {(event["name"], event.get("pid"), event.get("tid")): event.get("args", {}).get("name", "")
+             for event in events if event.get("ph") == "M"}
+    device_pids = {pid for (kind, pid, _), name in names.items() if kind == "process_name" and name.startswith("/device:")}
+    op_lines = {(pid, tid) for (kind, pid, tid), name in names.items()
+                if kind == "thread_name" and pid in device_pids and name == "XLA Ops"}
     totals: collections.Counter = collections.Counter()
     for event in events:
-        if event.get("ph") == "X":
+        where = (event.get("pid"), event.get("tid"))
+        if event.get("ph") == "X" and (not device_pids or where in op_lines or (not op_lines and where[0] in device_pids)):
             totals[event["name"]] += event["dur"] / 1e3 / steps
-    return totals
+    return totals, bool(device_pids)
 
 
 def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 20) -> dict:
@@ -83,8 +101,9 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         run(steps)
         jax.profiler.stop_trace()
-        totals = op_times(trace_dir, steps)
-    described = [(name, ms, _fused_ops(hlo, name)) for name, ms in totals.most_common()]
+        totals, on_device = op_times(trace_dir, steps)
+    described = [(name, ms, _fused_ops(hlo, name) or (LIBRARY_KERNEL if on_device else ""))
+                 for name, ms in totals.most_common()]
     ops_ms = sum(ms for _, ms, what in described if what)
     ops = [{"name": name, "ms": ms, "share": ms / ops_ms, "what": what} for name, ms, what in described if what]
     kinds: collections.Counter = collections.Counter()
@@ -96,6 +115,8 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
 
 def op_kind(what: str) -> str:
     """A coarse class of an XLA op from its `_fused_ops` description."""
+    if what == LIBRARY_KERNEL:
+        return "library kernels"
     fused = what.split()[1:]
     if "convolution" in fused:
         return "convolutions"
