@@ -52,8 +52,7 @@ tta="$python scripts/bench_time_to_accuracy.py"
 bench="$python scripts/bench.py --modes scan --compile-workers 8 --repeats 3 --compile-timeout 60"
 part tta_cnn_bf16 80 $tta --models cnn --out "$out/tta_cnn_bf16.json"
 part tta_cnn_f32 80 $tta --models cnn --set cnn.compute_dtype=float32 --out "$out/tta_cnn_f32.json"
-part tta_cnn_b128 80 $tta --models cnn --set cnn.batch_size=128 --set cnn.epochs=2 --set cnn.lr=3e-3 \
-    --set cnn.label_smoothing=0.1 --set cnn.compute_dtype=float32 --set cnn.eval_every=25 --out "$out/tta_cnn_b128.json"
+part tta_cnn_b128 80 $tta --models cnn --settings cpu --out "$out/tta_cnn_b128.json"
 part tta_mlp 45 $tta --models mlp --out "$out/tta_mlp.json"
 for model_batch in cnn:128:200 cnn:1024:200 mlp:128:150 mlp:1024:150; do
     IFS=: read -r model batch seconds <<< "$model_batch"
