@@ -295,8 +295,8 @@ def test_profile_trace_counts_device_ops_once(tmp_path, bench_module):
 
     _write_trace(tmp_path / "cpu", [_metadata("process_name", 1, "/host:CPU"),
                                     op(1, 7, "fusion.1", 4000), op(1, 7, "fusion.1", 2000), op(1, 8, "dot.2", 1000)])
-    totals, on_device = profile_step.op_times(str(tmp_path / "cpu"), steps=2)
-    assert not on_device and totals == {"fusion.1": 3.0, "dot.2": 0.5}
+    totals, after, on_device = profile_step.op_times(str(tmp_path / "cpu"), steps=2)
+    assert not on_device and totals == {"fusion.1": 3.0, "dot.2": 0.5} and not after
 
     host, gpu = 1, 2
     _write_trace(tmp_path / "gpu", [
@@ -304,12 +304,36 @@ def test_profile_trace_counts_device_ops_once(tmp_path, bench_module):
         _metadata("thread_name", gpu, "XLA Ops", tid=3), _metadata("thread_name", gpu, "Stream #13", tid=4),
         op(host, 1, "fusion.1", 9000), op(gpu, 3, "fusion.1", 1000), op(gpu, 3, "custom-call.2", 3000),
         op(gpu, 4, "loop_fusion_kernel", 1000), op(gpu, 4, "sm90_xmma_gemm", 3000)])
-    totals, on_device = profile_step.op_times(str(tmp_path / "gpu"), steps=1)
-    assert on_device and totals == {"fusion.1": 1.0, "custom-call.2": 3.0}
+    totals, after, on_device = profile_step.op_times(str(tmp_path / "gpu"), steps=1)
+    assert on_device and totals == {"fusion.1": 1.0, "custom-call.2": 3.0} and not after
 
     _write_trace(tmp_path / "streams", [
         _metadata("process_name", gpu, "/device:GPU:0"), _metadata("thread_name", gpu, "Stream #13", tid=4),
         op(host, 1, "fusion.1", 9000), op(gpu, 4, "fusion.1", 1000), op(gpu, 4, "sm90_xmma_gemm", 3000)])
-    totals, on_device = profile_step.op_times(str(tmp_path / "streams"), steps=1)
+    totals, _, on_device = profile_step.op_times(str(tmp_path / "streams"), steps=1)
     assert on_device and totals == {"fusion.1": 1.0, "sm90_xmma_gemm": 3.0}
     assert profile_step.op_kind(profile_step.LIBRARY_KERNEL) == "library kernels"
+
+
+def test_profile_books_asynchronous_library_work(tmp_path, bench_module):
+    """A CPU op whose event ends before its work does (an Eigen product finishing on the thread
+    pool, marked by a later "end: <op>" event) gets the idle time of the run until then."""
+    from bench_peers import profile_step
+
+    def event(name, ts, dur, tid=7, op=True):
+        return {"ph": "X", "pid": 1, "tid": tid, "name": name, "ts": ts, "dur": dur,
+                "args": {"hlo_op": name} if op else {}}
+
+    # One run from 0 to 100 us: fusion.1 0-10, dot.2's call 10-12 with its work done at 60,
+    # fusion.3 60-70 on another thread, conv.4 70-71 done at 90 while reduce.5 runs 75-80 on
+    # the first thread (so 80-90 is conv.4's), then 90-100 with nothing pending.
+    _write_trace(tmp_path / "cpu", [
+        _metadata("process_name", 1, "/host:CPU"), event(profile_step.EXECUTION, 0, 100, tid=1, op=False),
+        event("fusion.1", 0, 10), event("dot.2", 10, 2), event("end: dot.2", 60, 0, op=False),
+        event("fusion.3", 60, 10, tid=8), event("conv.4", 70, 1), event("reduce.5", 75, 5),
+        event("end: conv.4", 90, 0, op=False)])
+    totals, after, _ = profile_step.op_times(str(tmp_path / "cpu"), steps=1)
+    assert after == pytest.approx({"dot.2": 0.048, "conv.4": 0.004 + 0.010, profile_step.BETWEEN_OPS: 0.010})
+    assert totals["dot.2"] == pytest.approx(0.050) and totals["conv.4"] == pytest.approx(0.015)
+    assert totals["fusion.1"] == pytest.approx(0.010) and totals["reduce.5"] == pytest.approx(0.005)
+    assert profile_step.op_kind(profile_step.IDLE) == "runtime"

@@ -41,20 +41,97 @@ def _fused_ops(hlo: str, op_name: str) -> str:
     return f"{shape} {' '.join(notable)}".strip()
 
 
+IDLE = "(no op running or unfinished: the runtime's own time)"
+"""What `profile` says of `BETWEEN_OPS`."""
 LIBRARY_KERNEL = "(a kernel the HLO does not name: cuBLAS, cuDNN or a copy)"
 """What `profile` says of a GPU kernel whose name is no HLO instruction's."""
 
 
-def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, bool]:
+EXECUTION = "ThunkExecutor::Execute (wait for completion)"
+"""The CPU trace's event spanning one run of a compiled program on one device."""
+END_MARK = "end: "
+"""The CPU trace marks an op's completion with an event named END_MARK + the op's name."""
+BETWEEN_OPS = "(runtime between ops)"
+"""Where `op_times` books idle time inside a run that no unfinished op accounts for."""
+
+
+def _union(intervals) -> list[tuple[float, float]]:
+    """Sorted, merged [start, end) intervals."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def _gaps(covered, within) -> list[tuple[float, float]]:
+    """The parts of the `within` intervals that no `covered` interval touches (both merged)."""
+    gaps, i = [], 0
+    for start, end in within:
+        cursor = start
+        while i < len(covered) and covered[i][1] <= cursor:
+            i += 1
+        j = i
+        while j < len(covered) and covered[j][0] < end:
+            if covered[j][0] > cursor:
+                gaps.append((cursor, covered[j][0]))
+            cursor = max(cursor, covered[j][1])
+            j += 1
+        if cursor < end:
+            gaps.append((cursor, end))
+    return gaps
+
+
+def async_tails(events) -> collections.Counter:
+    """Microseconds that CPU ops keep running after their own trace event has ended.
+
+    An XLA CPU op that calls a library (Eigen's matrix products, say) may return at once and
+    finish on the thread pool; its event then covers only the call, and the trace marks the
+    real completion with a later "end: <op>" event. Idle time inside a run (`EXECUTION`),
+    when no op's event is open, belongs to the ops started but not yet marked complete,
+    shared equally where several are; idle time with none pending is booked to
+    `BETWEEN_OPS`. Without completion marks or runs (older traces) this is empty.
+
+    Args:
+      events: the trace's "X" (complete) events.
+
+    Returns:
+      {op name: microseconds after its events, summed over the trace}.
+    """
+    ops = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events if "hlo_op" in e.get("args", {}))
+    ends: dict[str, list[float]] = collections.defaultdict(list)
+    for event in events:
+        if event["name"].startswith(END_MARK):
+            ends[event["name"][len(END_MARK):]].append(event["ts"])
+    pending = []
+    for start, stop, name in ops:
+        later = [t for t in ends.get(name, ()) if t >= start]
+        pending.append((start, max(stop, min(later) if later else stop), name))
+    runs = _union((e["ts"], e["ts"] + e["dur"]) for e in events if e["name"] == EXECUTION)
+    tails: collections.Counter = collections.Counter()
+    for gap_start, gap_end in _gaps(_union((start, stop) for start, stop, _ in ops), runs):
+        cuts = sorted({gap_start, gap_end} | {done for _, done, _ in pending if gap_start < done < gap_end})
+        for left, right in zip(cuts, cuts[1:]):
+            owners = [name for start, done, name in pending if start <= left and done >= right]
+            for name in owners or [BETWEEN_OPS]:
+                tails[name] += (right - left) / max(len(owners), 1)
+    return tails
+
+
+def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collections.Counter, bool]:
     """Milliseconds per step of each event in the Perfetto trace under `trace_dir`.
 
     Returns:
-      (totals by event name, on_device). On a CPU everything runs in the process "/host:CPU":
-      XLA ops and runtime events are all counted, and `profile` keeps those that name an HLO
-      instruction. With a GPU the trace has device processes ("/device:GPU:0 ..."): only their
-      events count (on_device is True), and of those only the line "XLA Ops" (one event per
-      HLO instruction, cuBLAS calls included) where the trace has one, so that a kernel is not
-      counted twice. The GPU branch is tested on hand-made traces only.
+      (totals by event name, of which after the op's own event, on_device). On a CPU
+      everything runs in the process "/host:CPU": XLA ops and runtime events are all counted,
+      and `profile` keeps those that name an HLO instruction; an op's total includes the time
+      it ran on after its event (`async_tails`). With a GPU the trace has device processes
+      ("/device:GPU:0 ..."): only their events count (on_device is True), and of those only
+      the line "XLA Ops" (one event per HLO instruction, cuBLAS calls included) where the
+      trace has one, so that a kernel is not counted twice. The GPU branch is tested on
+      hand-made traces only.
     """
     path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
     with gzip.open(path) as handle:
@@ -65,12 +142,16 @@ def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, bool]:
     device_pids = {pid for (kind, pid, _), name in names.items() if kind == "process_name" and name.startswith("/device:")}
     op_lines = {(pid, tid) for (kind, pid, tid), name in names.items()
                 if kind == "thread_name" and pid in device_pids and name == "XLA Ops"}
+    counted = [event for event in events if event.get("ph") == "X" and (
+        not device_pids or (event.get("pid"), event.get("tid")) in op_lines
+        or (not op_lines and event.get("pid") in device_pids))]
     totals: collections.Counter = collections.Counter()
-    for event in events:
-        where = (event.get("pid"), event.get("tid"))
-        if event.get("ph") == "X" and (not device_pids or where in op_lines or (not op_lines and where[0] in device_pids)):
-            totals[event["name"]] += event["dur"] / 1e3 / steps
-    return totals, bool(device_pids)
+    for event in counted:
+        totals[event["name"]] += event["dur"] / 1e3 / steps
+    after = collections.Counter() if device_pids else \
+        collections.Counter({name: us / 1e3 / steps for name, us in async_tails(counted).items()})
+    totals.update(after)
+    return totals, after, bool(device_pids)
 
 
 def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 20) -> dict:
@@ -78,8 +159,9 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
 
     Returns:
       {"model", "batch_size", "grads", "step_ms" (wall, unprofiled), "ops_ms" (sum of the XLA
-      ops' times per step), "ops": [{"name", "ms", "share", "what"}] for the `top` slowest
-      ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`)}.
+      ops' times per step, `BETWEEN_OPS` included), "after_ms" (of it, time ops ran on after
+      their events, `async_tails`), "ops": [{"name", "ms", "after_ms", "share", "what"}] for
+      the `top` slowest ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`)}.
     """
     images, labels = common.synthetic_mnist(batch_size * 4)
     data = common.cut_epoch(images, labels, batch_size, 4)
@@ -101,22 +183,31 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         run(steps)
         jax.profiler.stop_trace()
-        totals, on_device = op_times(trace_dir, steps)
-    described = [(name, ms, _fused_ops(hlo, name) or (LIBRARY_KERNEL if on_device else ""))
-                 for name, ms in totals.most_common()]
+        totals, after, on_device = op_times(trace_dir, steps)
+    described = [(name, ms, _describe(hlo, name, on_device)) for name, ms in totals.most_common()]
     ops_ms = sum(ms for _, ms, what in described if what)
-    ops = [{"name": name, "ms": ms, "share": ms / ops_ms, "what": what} for name, ms, what in described if what]
+    ops = [{"name": name, "ms": ms, "after_ms": after.get(name, 0.0), "share": ms / ops_ms, "what": what}
+           for name, ms, what in described if what]
     kinds: collections.Counter = collections.Counter()
     for op in ops:
         kinds[op_kind(op["what"])] += op["ms"]
-    return {"model": model, "batch_size": batch_size, "grads": grads, "step_ms": step_ms,
-            "ops_ms": ops_ms, "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
+    return {"model": model, "batch_size": batch_size, "grads": grads, "step_ms": step_ms, "ops_ms": ops_ms,
+            "after_ms": sum(op["after_ms"] for op in ops), "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
+
+
+def _describe(hlo: str, name: str, on_device: bool) -> str:
+    """What profile prints for the trace event `name`; "" for an event that is no op."""
+    if name == BETWEEN_OPS:
+        return IDLE
+    return _fused_ops(hlo, name) or (LIBRARY_KERNEL if on_device else "")
 
 
 def op_kind(what: str) -> str:
     """A coarse class of an XLA op from its `_fused_ops` description."""
     if what == LIBRARY_KERNEL:
         return "library kernels"
+    if what == IDLE:
+        return "runtime"
     fused = what.split()[1:]
     if "convolution" in fused:
         return "convolutions"
@@ -131,10 +222,12 @@ def op_kind(what: str) -> str:
 
 def format_profile(result: dict) -> str:
     lines = [f"\nnnjax {result['grads']} train step, {result['model'].upper()} batch {result['batch_size']}: "
-             f"{result['step_ms']:.1f} ms per step (best of runs); XLA ops sum to {result['ops_ms']:.1f} ms per step",
-             f"{'ms/step':>8s} {'share':>6s}  {'op':34s} output shape, fused operations"]
+             f"{result['step_ms']:.1f} ms per step (best of runs); XLA ops sum to {result['ops_ms']:.1f} ms per step "
+             f"({result['after_ms']:.1f} ms of it after the ops' own events: library calls finishing on the thread pool)",
+             f"{'ms/step':>8s} {'after':>6s} {'share':>6s}  {'op':34s} output shape, fused operations"]
     for op in result["ops"]:
-        lines.append(f"{op['ms']:8.2f} {100 * op['share']:5.1f}%  {op['name'][:34]:34s} {op['what'][:110]}")
+        lines.append(f"{op['ms']:8.2f} {op['after_ms']:6.2f} {100 * op['share']:5.1f}%  {op['name'][:34]:34s} "
+                     f"{op['what'][:110]}")
     lines.append("by kind: " + ", ".join(f"{kind} {ms:.1f} ms ({100 * ms / result['ops_ms']:.0f}%)"
                                          for kind, ms in result["kinds_ms"].items()))
     return "\n".join(lines)
