@@ -85,6 +85,7 @@ def test_pooling_channels_last(image, window, stride):
                                     (avg_pool2d, avg_pool2d_fast, avg_pool2d_backward)):
         y = forward(x, window, stride)
         close(forward(last(x), window, stride, layout="HWC"), last(y))
+        close(fast(last(x), window, stride, layout="HWC"), last(y))
         delta = jax.random.normal(key, y.shape, jnp.float64)
         dx_last = backward(last(x), last(delta), window, stride, layout="HWC")
         close(dx_last, last(backward(x, delta, window, stride)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_argmax, max_pool2d_backward
-from nnjax.layers.pooling import avg_pool2d, max_pool2d, pool_output_shape
+from nnjax.layers.pooling import avg_pool2d, max_pool2d, max_pool2d_blocks, pool_output_shape
 
 IN_SHAPE = (2, 7, 9)  # C, H, W: non-square, sizes not divisible by the windows
 # (window, stride): default stride, overlapping windows (stride < window), gaps (stride > window),
@@ -52,6 +52,18 @@ def naive_max_pool_backward(x, delta, window, stride):
 
 def random(shape, seed, dtype=np.float32):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+
+
+@pytest.mark.parametrize("window", [2, 3, (2, 3), (3, 1), 1])
+def test_max_pool2d_blocks_is_max_pool2d_with_stride_window(window):
+    # IN_SHAPE (2, 7, 9) leaves rows/columns that no window reaches: they are cropped.
+    x = random(IN_SHAPE, 3)
+    expected = naive_pool(x, window, None, np.max)
+    np.testing.assert_array_equal(max_pool2d_blocks(x, window), expected)
+    np.testing.assert_array_equal(max_pool2d_blocks(jnp.moveaxis(x, 0, -1), window, layout="HWC"),
+                                  np.moveaxis(expected, 0, -1))
+    with pytest.raises(ValueError, match=r"max_pool2d_blocks: window \(8, 8\) is larger"):
+        max_pool2d_blocks(x, 8)
 
 
 @pytest.mark.parametrize("window,stride", SETTINGS)

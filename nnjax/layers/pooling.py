@@ -16,7 +16,9 @@ jax 0.10.2) because its autodiff compiles well: `jax.grad` of it is a chain of s
 `lax.reduce_window` differentiates into XLA's select-and-scatter. A CNN train step at batch
 128 (conv 1->32, pool, conv 32->64, pool, two dense layers) took 151 ms of CPU time with this
 max_pool2d against 194 ms with `lax.reduce_window`; a reshape to (C, H', kh, W', kw) with a
-max over the window axes was slower than both, forward and backward.
+max over the window axes was slower than both, forward and backward. As a forward alone,
+under a hand-derived backward, that reshape is the faster one (`max_pool2d_blocks`, the
+forward of `nnjax.backprop.max_pool2d_fast`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from jax import lax
 from nnjax._checks import as_pair, check_float_array, check_rank
 from nnjax.layers.layout import check_layout, spatial_axes, spatial_shape
 
-__all__ = ["pool_output_shape", "window_views", "max_pool2d", "avg_pool2d"]
+__all__ = ["pool_output_shape", "window_views", "max_pool2d", "max_pool2d_blocks", "avg_pool2d"]
 
 
 def check_pool_args(fn: str, x, window, stride, layout="CHW"):
@@ -98,6 +100,33 @@ def max_pool2d(x, window=2, stride=None, layout="CHW"):
     for view in views[1:]:
         y = jnp.maximum(y, view)
     return y
+
+
+def max_pool2d_blocks(x, window=2, layout="CHW"):
+    """`max_pool2d` with stride = window, the windows tiling the map, as ONE max reduction.
+
+    The map is cropped to whole windows (the rows and columns no window reaches, as
+    `max_pool2d` drops them), reshaped so that each window has two axes of its own,
+    (C, H', kh, W', kw), and reduced by max over those: y_{c,i,j} = max_{m,n} x_{c, i*kh+m, j*kw+n}.
+    XLA then writes the pooled map once, where it copies `max_pool2d`'s elementwise maximum
+    of shifted views into every consumer (the nine patch slices of the next convolution).
+    Its autodiff is slow (see this module's docstring), so it serves as a forward whose
+    backward is hand-derived: `nnjax.backprop.max_pool2d_fast`.
+
+    Args:
+      x: (C, H, W) (or (H, W, C) with layout="HWC").
+      window: int or (kh, kw), also the stride.
+      layout: "CHW" or "HWC", as `max_pool2d`.
+
+    Returns:
+      max_pool2d(x, window, window, layout): (C, H // kh, W // kw) (or (H // kh, W // kw, C)).
+    """
+    x, (kh, kw), _ = check_pool_args("max_pool2d_blocks", x, window, None, layout)
+    (h_axis, w_axis), (out_h, out_w) = spatial_axes(layout), pool_output_shape(spatial_shape(x, layout), (kh, kw), (kh, kw))
+    x = lax.slice_in_dim(lax.slice_in_dim(x, 0, out_h * kh, axis=h_axis), 0, out_w * kw, axis=w_axis)
+    if layout == "CHW":
+        return jnp.max(x.reshape(x.shape[0], out_h, kh, out_w, kw), axis=(2, 4))
+    return jnp.max(x.reshape(out_h, kh, out_w, kw, x.shape[-1]), axis=(1, 3))
 
 
 def avg_pool2d(x, window=2, stride=None, layout="CHW"):
