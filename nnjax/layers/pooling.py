@@ -122,7 +122,8 @@ def max_pool2d_blocks(x, window=2, layout="CHW"):
       max_pool2d(x, window, window, layout): (C, H // kh, W // kw) (or (H // kh, W // kw, C)).
     """
     x, (kh, kw), _ = check_pool_args("max_pool2d_blocks", x, window, None, layout)
-    (h_axis, w_axis), (out_h, out_w) = spatial_axes(layout), pool_output_shape(spatial_shape(x, layout), (kh, kw), (kh, kw))
+    h_axis, w_axis = spatial_axes(layout)
+    out_h, out_w = pool_output_shape(spatial_shape(x, layout), (kh, kw), (kh, kw))
     x = lax.slice_in_dim(lax.slice_in_dim(x, 0, out_h * kh, axis=h_axis), 0, out_w * kw, axis=w_axis)
     if layout == "CHW":
         return jnp.max(x.reshape(x.shape[0], out_h, kh, out_w, kw), axis=(2, 4))

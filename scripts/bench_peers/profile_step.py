@@ -41,8 +41,6 @@ def _fused_ops(hlo: str, op_name: str) -> str:
     return f"{shape} {' '.join(notable)}".strip()
 
 
-IDLE = "(no op running or unfinished: the runtime's own time)"
-"""What `profile` says of `BETWEEN_OPS`."""
 LIBRARY_KERNEL = "(a kernel the HLO does not name: cuBLAS, cuDNN or a copy)"
 """What `profile` says of a GPU kernel whose name is no HLO instruction's."""
 
@@ -53,6 +51,8 @@ END_MARK = "end: "
 """The CPU trace marks an op's completion with an event named END_MARK + the op's name."""
 BETWEEN_OPS = "(runtime between ops)"
 """Where `op_times` books idle time inside a run that no unfinished op accounts for."""
+IDLE = "(no op running or unfinished: the runtime's own time)"
+"""What `profile` says of `BETWEEN_OPS`."""
 
 
 def _union(intervals) -> list[tuple[float, float]]:
@@ -160,7 +160,7 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     Returns:
       {"model", "batch_size", "grads", "step_ms" (wall, unprofiled), "ops_ms" (sum of the XLA
       ops' times per step, `BETWEEN_OPS` included), "after_ms" (of it, time ops ran on after
-      their events, `async_tails`), "ops": [{"name", "ms", "after_ms", "share", "what"}] for
+      their events, `async_tails`, `BETWEEN_OPS` not included), "ops": [{"name", "ms", "after_ms", "share", "what"}] for
       the `top` slowest ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`)}.
     """
     images, labels = common.synthetic_mnist(batch_size * 4)
@@ -192,7 +192,7 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     for op in ops:
         kinds[op_kind(op["what"])] += op["ms"]
     return {"model": model, "batch_size": batch_size, "grads": grads, "step_ms": step_ms, "ops_ms": ops_ms,
-            "after_ms": sum(op["after_ms"] for op in ops), "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
+            "after_ms": sum(op["after_ms"] for op in ops if op["name"] != BETWEEN_OPS), "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
 
 
 def _describe(hlo: str, name: str, on_device: bool) -> str:
