@@ -378,7 +378,7 @@ def format_summary(summaries: list[dict]) -> str:
         if value is None:
             return "n/a"
         met = value >= target if higher_is_better else value <= target
-        return f"{value:.2f} ({'met' if met else 'MISSED'}, target {'>=' if higher_is_better else '<='} {target})"
+        return f"{value:.3f} ({'met' if met else 'MISSED'}, target {'>=' if higher_is_better else '<='} {target})"
 
     lines = ["\nTargets (best nnjax row per configuration):"]
     for s in summaries:
