@@ -88,13 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
                         help="nnjax's epoch mode: scan, loop, or auto (the measured default per model)")
     parser.add_argument("--grads", choices=training.GRAD_SOURCES, default="autodiff")
-    parser.add_argument("--settings", choices=("auto", "cpu"), default="auto",
+    parser.add_argument("--settings", dest="settings_from", choices=("auto", "cpu"), default="auto",
                         help="auto: the backend's (GPU_SETTINGS over SETTINGS on a GPU); cpu: SETTINGS on any backend")
     parser.add_argument("--set", action="append", default=[], metavar="MODEL.KEY=VALUE",
                         help="override a setting of SETTINGS, e.g. --set mlp.lr=3e-3 (repeatable)")
     parser.add_argument("--out", default="time_to_accuracy.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
-    args.settings = default_settings("cpu" if args.settings == "cpu" else jax.default_backend())
+    args.settings = default_settings("cpu" if args.settings_from == "cpu" else jax.default_backend())
     for override in args.set:
         key, _, value = override.partition("=")
         model, _, name = key.partition(".")
