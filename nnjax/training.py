@@ -84,7 +84,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 EPOCH_MODE_DEFAULTS = {
     ("mlp", "cpu"): "scan",
-    ("cnn", "cpu"): "loop",
+    ("cnn", "cpu"): "scan",
     ("mlp", "gpu"): "scan",
     ("cnn", "gpu"): "scan",
 }
@@ -93,9 +93,13 @@ EPOCH_MODE_DEFAULTS = {
 CPU entries are measured on this project's 2-core CPU (jax 0.10.2), the same training run
 in both modes. The 784-128-64-10 MLP (batch 128) runs faster as a `lax.scan`: 216k against
 111k samples/s (the project's first measurement), 38-77k against 34-47k (a later one, the
-machine shared with other jobs). The conv-BN CNN runs faster as a Python loop over the
-jitted step: 750 against 160 samples/s (batch 128), 334-382 against 105-184 (batch 64,
-shared machine). GPU entries
+machine shared with other jobs). The conv-BN CNN ran 4-5x slower as a scan until its input
+gradient's convolution took its kernel spatial-major (`nnjax.layers.conv.kernel_hwio`: inside
+a `while` loop XLA's CPU backend otherwise emits a naive loop nest for it); since then the
+scan is the faster one: `experiments/mnist_cnn.py --epochs 1 --limit-train 12800` at batch
+64, 3,778-3,833 against 3,399-3,459 samples/s, and the benchmark's steps at batch 128 and
+1024 (split across 2 devices) 31.0 against 32.1 ms and 255 against 262-264 ms (a 2-core
+Xeon with AVX-512, 2026-11-27). GPU entries
 follow the usual rule that a scan saves a launch round trip per step; on an H200 (jax
 0.11.2, 2026-11-26) the scan epochs ran the CNN step in 0.26 ms at batch 128 and 1.0 ms at
 1024 (loop epochs were not measured there). A (model, backend) pair not listed runs as a

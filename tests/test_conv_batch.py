@@ -152,3 +152,34 @@ def test_by_default_the_whole_batch_is_one_product():
     rows = 10 * 5 * 8  # examples x output pixels (7x10 maps, 3x3 kernel, valid)
     assert len(products) == 2, products
     assert all(any(rows in v.aval.shape for v in eqn.invars) for eqn in products), products
+
+
+def _compiled_convolutions(fn, *args) -> list[str]:
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return [line.strip() for line in hlo.splitlines() if " convolution(" in line]
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+def test_convolutions_keep_the_fast_kernel_layout_inside_a_scan(layout):
+    """Both XLA convolutions nnjax writes (the layer's forward, the batch input gradient) hand
+    XLA the kernel spatial-major (HWIO): inside a `lax.scan` body, XLA's CPU backend does not
+    transpose a (C_out, C_in, kh, kw) kernel for its fast convolution and emits a naive loop
+    nest instead (`kernel_hwio`). On a CPU the compiled scan keeps dim labels ``_01io``."""
+    params, X = make_batch(4, layout, seed=6)
+    delta = vmapped_conv(params, X, 1, "valid", layout)
+    pads = conv_padding(X.shape[2:] if layout == "CHW" else X.shape[1:3], (3, 3), (1, 1), "valid")
+
+    def forward_epoch(W):
+        return jax.lax.scan(lambda W, _: (W * 0.5 + vmapped_conv({"W": W, "b": params["b"]}, X, 1, "valid",
+                                                                   layout).sum(), None), W, None, length=3)[0]
+
+    def input_grad_epoch(W):
+        return jax.lax.scan(lambda W, _: (W * 0.5 + conv2d_input_grad(W, delta, X.shape[2:] if layout == "CHW"
+                                                                        else X.shape[1:3], (1, 1), pads, layout).sum(),
+                                          None), W, None, length=3)[0]
+
+    for fn in (forward_epoch, input_grad_epoch):
+        assert "[0, 1, i, o]" in jax.jit(fn).lower(params["W"]).as_text()
+        if jax.default_backend() == "cpu":
+            convolutions = _compiled_convolutions(fn, params["W"])
+            assert convolutions and all("_01io->" in line for line in convolutions), convolutions

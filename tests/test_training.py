@@ -316,7 +316,7 @@ def test_standardized_pixels_are_the_mnist_standardization():
 
 def test_epoch_mode_auto_uses_the_measured_table():
     assert training.resolve_epoch_mode("auto", "mlp", "cpu") == "scan"
-    assert training.resolve_epoch_mode("auto", "cnn", "cpu") == "loop"
+    assert training.resolve_epoch_mode("auto", "cnn", "cpu") == "scan"
     assert training.resolve_epoch_mode("auto", "cnn", "unknown-backend") == "loop"
     assert training.resolve_epoch_mode("loop", "mlp", "cpu") == "loop"
     with pytest.raises(ValueError, match="mode='both'"):

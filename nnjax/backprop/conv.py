@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col, patch_rows, sum_chunks
+from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col, kernel_hwio, patch_rows, sum_chunks
 from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad"]
@@ -115,7 +115,10 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):
     dx = crop(full_conv(dilate_s(delta), flip(W))): delta dilated by the stride
     (`lhs_dilation`), padded by k - 1 on each side (the "full" convolution) minus the input
     padding that is cropped off (plus the rows no window reached, which get zero gradient),
-    correlated with W flipped in (m, n) and with in/out channels swapped.
+    correlated with W flipped in (m, n) and with in/out channels swapped. The flipped kernel
+    goes in as (kh, kw, C_out, C_in), spatial dimensions major (`nnjax.layers.conv.kernel_hwio`
+    says why: inside a `lax.scan` epoch the CNN's train step ran 190 ms against 35 ms at batch
+    128 with the kernel as (C_out, C_in, kh, kw)).
 
     Args:
       W: (C_out, C_in, kh, kw).
@@ -133,9 +136,10 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):
     unused = _unused_rows(in_hw, kernel_hw, stride, pads, out_hw)
     padding = [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
     batch = _BATCH_LAYOUTS[layout]
+    flipped = kernel_hwio(W[:, :, ::-1, ::-1].swapaxes(0, 1))
     return lax.conv_general_dilated(
-        delta, W[:, :, ::-1, ::-1], window_strides=(1, 1), padding=padding, lhs_dilation=stride,
-        dimension_numbers=(batch, "IOHW", batch))
+        delta, flipped, window_strides=(1, 1), padding=padding, lhs_dilation=stride,
+        dimension_numbers=(batch, "HWIO", batch))
 
 
 def conv2d_backward(params, x, delta, stride=1, padding="valid", layout="CHW"):
