@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_weight_grad
-from nnjax.backprop.custom_vjp import conv2d_batch_fast
+from nnjax.backprop.custom_vjp import conv2d_batch_fast, conv2d_fast
 from nnjax.layers.conv import (
     batch_patches, conv2d, conv2d_batch, conv_padding,
     UNROLLED_CHUNKS, kernel_matrix, map_chunks, patch_rows, sum_chunks,
@@ -160,26 +160,42 @@ def _compiled_convolutions(fn, *args) -> list[str]:
 
 
 @pytest.mark.parametrize("layout", ["CHW", "HWC"])
-def test_convolutions_keep_the_fast_kernel_layout_inside_a_scan(layout):
-    """Both XLA convolutions nnjax writes (the layer's forward, the batch input gradient) hand
-    XLA the kernel spatial-major (HWIO): inside a `lax.scan` body, XLA's CPU backend does not
-    transpose a (C_out, C_in, kh, kw) kernel for its fast convolution and emits a naive loop
-    nest instead (`kernel_hwio`). On a CPU the compiled scan keeps dim labels ``_01io``."""
+def test_convolutions_keep_the_fast_form_inside_a_scan(layout):
+    """The XLA convolutions of the hand-derived paths (`conv2d_fast`'s forward, the batch input
+    gradient) and `conv2d` on channels-last images are written in `FAST_CONV_DIMENSIONS`:
+    inside a `lax.scan` body XLA's CPU backend does not transpose other forms into it and
+    emits a naive loop nest instead. On a CPU the compiled scan keeps ``b01f_01io->b01f``."""
     params, X = make_batch(4, layout, seed=6)
     delta = vmapped_conv(params, X, 1, "valid", layout)
-    pads = conv_padding(X.shape[2:] if layout == "CHW" else X.shape[1:3], (3, 3), (1, 1), "valid")
+    in_hw = X.shape[2:] if layout == "CHW" else X.shape[1:3]
+    pads = conv_padding(in_hw, (3, 3), (1, 1), "valid")
+    layers = [conv2d_fast] + ([conv2d] if layout == "HWC" else [])
 
-    def forward_epoch(W):
-        return jax.lax.scan(lambda W, _: (W * 0.5 + vmapped_conv({"W": W, "b": params["b"]}, X, 1, "valid",
-                                                                   layout).sum(), None), W, None, length=3)[0]
+    def forward_epoch(layer):
+        def epoch(W):
+            def body(W, _):
+                Z = jax.vmap(lambda x: layer({"W": W, "b": params["b"]}, x, layout=layout))(X)
+                return W * 0.5 + Z.sum(), None
+            return jax.lax.scan(body, W, None, length=3)[0]
+        return epoch
 
     def input_grad_epoch(W):
-        return jax.lax.scan(lambda W, _: (W * 0.5 + conv2d_input_grad(W, delta, X.shape[2:] if layout == "CHW"
-                                                                        else X.shape[1:3], (1, 1), pads, layout).sum(),
-                                          None), W, None, length=3)[0]
+        def body(W, _):
+            return W * 0.5 + conv2d_input_grad(W, delta, in_hw, (1, 1), pads, layout).sum(), None
+        return jax.lax.scan(body, W, None, length=3)[0]
 
-    for fn in (forward_epoch, input_grad_epoch):
-        assert "[0, 1, i, o]" in jax.jit(fn).lower(params["W"]).as_text()
+    for fn in [forward_epoch(layer) for layer in layers] + [input_grad_epoch]:
+        assert "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]" in jax.jit(fn).lower(params["W"]).as_text()
         if jax.default_backend() == "cpu":
             convolutions = _compiled_convolutions(fn, params["W"])
-            assert convolutions and all("_01io->" in line for line in convolutions), convolutions
+            assert convolutions and all("b01f_01io->b01f" in line for line in convolutions), convolutions
+
+
+def test_conv2d_channels_last_equals_conv2d():
+    """`conv2d_fast`'s forward, in the fast form for either layout, gives `conv2d`'s values."""
+    for layout in ("CHW", "HWC"):
+        params, X = make_batch(3, layout, seed=7)
+        for stride, padding in CASES:
+            expected = vmapped_conv(params, X, stride, padding, layout)
+            got = jax.vmap(lambda x: conv2d_fast(params, x, stride, padding, layout))(X)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)

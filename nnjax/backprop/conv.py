@@ -33,8 +33,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_shape
-from nnjax.layers.conv import check_conv_args, conv_output_shape, im2col, kernel_hwio, patch_rows, sum_chunks
-from nnjax.layers.layout import image_shape, spatial_shape, to_channels_first, to_channels_last
+from nnjax.layers.conv import (FAST_CONV_DIMENSIONS, check_conv_args, conv_output_shape, im2col, kernel_hwio,
+                               patch_rows, sum_chunks)
+from nnjax.layers.layout import from_channels_last, image_shape, spatial_shape, to_channels_first, to_channels_last
 
 __all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad"]
 
@@ -44,9 +45,6 @@ def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
     return tuple(n + lo + hi - (s * (o - 1) + k)
                  for n, k, s, (lo, hi), o in zip(in_hw, kernel_hw, stride, pads, out_hw))
 
-
-_BATCH_LAYOUTS = {"CHW": "NCHW", "HWC": "NHWC"}
-"""The batch layout of `conv2d_weight_grad` / `conv2d_input_grad` for each image layout."""
 
 
 def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int | None = None):
@@ -115,10 +113,10 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):
     dx = crop(full_conv(dilate_s(delta), flip(W))): delta dilated by the stride
     (`lhs_dilation`), padded by k - 1 on each side (the "full" convolution) minus the input
     padding that is cropped off (plus the rows no window reached, which get zero gradient),
-    correlated with W flipped in (m, n) and with in/out channels swapped. The flipped kernel
-    goes in as (kh, kw, C_out, C_in), spatial dimensions major (`nnjax.layers.conv.kernel_hwio`
-    says why: inside a `lax.scan` epoch the CNN's train step ran 190 ms against 35 ms at batch
-    128 with the kernel as (C_out, C_in, kh, kw)).
+    correlated with W flipped in (m, n) and with in/out channels swapped. XLA gets delta
+    channels-last and the flipped kernel as (kh, kw, C_out, C_in), whatever the layout
+    (`nnjax.layers.conv.FAST_CONV_DIMENSIONS` says why: inside a `lax.scan` epoch the CNN's
+    train step ran 190 ms against 35 ms at batch 128 with the kernel as (C_out, C_in, kh, kw)).
 
     Args:
       W: (C_out, C_in, kh, kw).
@@ -135,11 +133,11 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW"):
     out_hw = delta.shape[2:] if layout == "CHW" else delta.shape[1:3]
     unused = _unused_rows(in_hw, kernel_hw, stride, pads, out_hw)
     padding = [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip(kernel_hw, pads, unused)]
-    batch = _BATCH_LAYOUTS[layout]
     flipped = kernel_hwio(W[:, :, ::-1, ::-1].swapaxes(0, 1))
-    return lax.conv_general_dilated(
-        delta, flipped, window_strides=(1, 1), padding=padding, lhs_dilation=stride,
-        dimension_numbers=(batch, "HWIO", batch))
+    dx = lax.conv_general_dilated(
+        to_channels_last(delta, layout), flipped, window_strides=(1, 1), padding=padding, lhs_dilation=stride,
+        dimension_numbers=FAST_CONV_DIMENSIONS)
+    return from_channels_last(dx, layout)
 
 
 def conv2d_backward(params, x, delta, stride=1, padding="valid", layout="CHW"):

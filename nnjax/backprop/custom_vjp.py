@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
-from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d, conv2d_batch
+from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d_batch, conv2d_channels_last
 from nnjax.layers.layout import spatial_shape
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d, max_pool2d_blocks
@@ -52,11 +52,11 @@ __all__ = ["conv2d_fast", "conv2d_batch_fast", "batch_norm_batch_fast", "max_poo
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _conv2d(stride, pads, layout, params, x):
-    return conv2d(params, x, stride, pads, layout)
+    return conv2d_channels_last(params["W"], params["b"], x, stride, pads, layout)
 
 
 def _conv2d_forward(stride, pads, layout, params, x):
-    return conv2d(params, x, stride, pads, layout), (params, x)
+    return conv2d_channels_last(params["W"], params["b"], x, stride, pads, layout), (params, x)
 
 
 def _conv2d_backward(stride, pads, layout, residuals, delta):
@@ -70,7 +70,10 @@ _conv2d.defvjp(_conv2d_forward, _conv2d_backward)
 def conv2d_fast(params, x, stride=1, padding="valid", layout="CHW"):
     """`nnjax.layers.conv2d` whose gradient is `conv2d_backward` (hand-derived).
 
-    Same arguments, checks and result as `conv2d`; the difference is only under `jax.grad`.
+    Same arguments, checks and result as `conv2d`; the difference is under `jax.grad`, and
+    that the forward is `conv2d_channels_last` (fast inside a `lax.scan` too: forward and
+    gradient of the conv 32->64 below, vmapped over 128 channels-first 13x13 maps, 20 ms per
+    step in a 10-step scan, against 373 ms for autodiff of `conv2d`).
 
     Speed (2-core CPU, CPU time of forward + gradient of one 3x3 conv layer vmapped over a
     batch of 128, against `jax.grad` of `conv2d`): 4.6 vs 13.6 ms for 1->32 channels on

@@ -34,7 +34,8 @@ from nnjax.layers.dense import init_weights
 from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, spatial_shape, to_channels_last
 
 __all__ = [
-    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "kernel_hwio", "conv2d",
+    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "FAST_CONV_DIMENSIONS", "kernel_hwio",
+    "conv2d", "conv2d_channels_last",
     "im2col", "conv2d_im2col", "UNROLLED_CHUNKS", "map_chunks",
     "sum_chunks", "batch_patches", "kernel_matrix", "patch_rows", "check_conv_batch_args", "conv2d_batch",
 ]
@@ -42,21 +43,27 @@ __all__ = [
 PADDING_MODES = ("valid", "same")
 """The named padding modes; an int or a pair (ph, pw) of symmetric zero padding is allowed too."""
 
-CONV_DIMENSIONS = {"CHW": ("NCHW", "HWIO", "NCHW"), "HWC": ("NHWC", "HWIO", "NHWC")}
-"""`lax.conv_general_dilated` layouts per image layout: input and output (N, C, H, W) or
-(N, H, W, C); the kernel (kh, kw, C_in, C_out) in both, `kernel_hwio`."""
+FAST_CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+"""The one form of `lax.conv_general_dilated` that XLA's CPU backend runs with its fast
+(Eigen's, all cores) convolution everywhere: channels-last images and the kernel as
+(kh, kw, C_in, C_out) (`kernel_hwio`). Given another form it transposes the operands itself in
+a plain program, but not inside a `while` loop (a `lax.scan` epoch), where it emits a naive
+loop nest instead: measured on a 2-core CPU (jax 0.10.2), the conv 32->64 3x3 on a batch of
+128 13x13 channels-last maps ran 134 ms per call in a scan with the kernel as (C_out, C_in,
+kh, kw), 2.8 ms in this form (3.4 and 2.8 ms as jitted calls)."""
+
+CONV_DIMENSIONS = {"CHW": ("NCHW", "OIHW", "NCHW"), "HWC": FAST_CONV_DIMENSIONS}
+"""`conv2d`'s `lax.conv_general_dilated` layouts per image layout. Channels-first keeps the
+kernel as (C_out, C_in, kh, kw): autodiff of that form runs least slowly inside a scan (the
+gradients' convolutions, which JAX derives from the forward's form, are never the fast form
+there: dW and dx of the conv above, 5 steps in a scan, 345 ms per step against 1,370 in
+`FAST_CONV_DIMENSIONS` with transposes around it, 44-48 ms as jitted calls; the forward
+alone 38 against 10 ms). Hand-derived gradients avoid the question: `conv2d_channels_last`
+and `nnjax.backprop.conv2d_fast`."""
 
 
 def kernel_hwio(W):
-    """W (C_out, C_in, kh, kw) as (kh, kw, C_in, C_out), the kernel layout `CONV_DIMENSIONS` names.
-
-    XLA's CPU backend runs a convolution fast (Eigen's, on all cores) only with the kernel's
-    spatial dimensions major. Given (C_out, C_in, kh, kw) it transposes the kernel itself in a
-    plain program, but not inside a `while` loop (a `lax.scan` epoch), where it then emits a
-    naive loop nest instead: measured on a 2-core CPU (jax 0.10.2), the conv 32->64 3x3 on a
-    batch of 128 13x13 maps ran 134 ms per call in a scan against 2.6 ms given the kernel as
-    (kh, kw, C_in, C_out).
-    """
+    """W (C_out, C_in, kh, kw) as (kh, kw, C_in, C_out), the kernel of `FAST_CONV_DIMENSIONS`."""
     return W.transpose(2, 3, 1, 0)
 
 
@@ -218,9 +225,31 @@ def conv2d(params, x, stride=1, padding="valid", layout="CHW"):
       (C_out, H', W') (or (H', W', C_out)) with H' = (H + top + bottom - kh) // sh + 1, likewise W'.
     """
     W, b, x, stride, pads = check_conv_args("conv2d", params, x, stride, padding, layout)
-    z = lax.conv_general_dilated(x[None], kernel_hwio(W), window_strides=stride, padding=pads,
+    if layout == "HWC":
+        return conv2d_channels_last(W, b, x, stride, pads, layout)
+    z = lax.conv_general_dilated(x[None], W, window_strides=stride, padding=pads,
                                  dimension_numbers=CONV_DIMENSIONS[layout])[0]
-    return z + (b[:, None, None] if layout == "CHW" else b)
+    return z + b[:, None, None]
+
+
+def conv2d_channels_last(W, b, x, stride, pads, layout="CHW"):
+    """`conv2d` on checked arguments, computed in `FAST_CONV_DIMENSIONS` whatever `layout`:
+    x moved to channels-last, the kernel to (kh, kw, C_in, C_out), the result moved back.
+
+    The same values as `conv2d`; fast inside a `lax.scan` too, where XLA would not make those
+    moves itself. The forward of `nnjax.backprop.conv2d_fast`, whose gradient is hand-derived.
+
+    Args:
+      W: (C_out, C_in, kh, kw); b: (C_out,).
+      x: one image in `layout`.
+      stride: (sh, sw); pads: ((top, bottom), (left, right)), as `check_conv_args` returns them.
+
+    Returns:
+      The convolution in `layout`, as `conv2d`.
+    """
+    z = lax.conv_general_dilated(to_channels_last(x, layout)[None], kernel_hwio(W), window_strides=stride,
+                                 padding=pads, dimension_numbers=FAST_CONV_DIMENSIONS)[0]
+    return from_channels_last(z + b, layout)
 
 
 def _check_im2col_args(fn: str, x, kernel_size, stride, padding):
