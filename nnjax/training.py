@@ -94,8 +94,8 @@ CPU entries are measured on this project's 2-core CPU (jax 0.10.2), the same tra
 in both modes. The 784-128-64-10 MLP (batch 128) runs faster as a `lax.scan`: 216k against
 111k samples/s (the project's first measurement), 38-77k against 34-47k (a later one, the
 machine shared with other jobs). The conv-BN CNN ran 4-5x slower as a scan until its input
-gradient's convolution took its kernel spatial-major (`nnjax.layers.conv.FAST_CONV_DIMENSIONS`: inside
-a `while` loop XLA's CPU backend otherwise emits a naive loop nest for it); since then the
+gradient's convolution took its kernel spatial-major (`nnjax.layers.conv.FAST_CONV_DIMENSIONS`:
+inside a `while` loop XLA's CPU backend otherwise emits a naive loop nest for it); since then the
 scan is the faster one: `experiments/mnist_cnn.py --epochs 1 --limit-train 12800` at batch
 64, 3,778-3,833 against 3,399-3,459 samples/s, and the benchmark's steps at batch 128 and
 1024 (split across 2 devices) 31.0 against 32.1 ms and 255 against 262-264 ms (a 2-core

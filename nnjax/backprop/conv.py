@@ -46,7 +46,6 @@ def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
                  for n, k, s, (lo, hi), o in zip(in_hw, kernel_hw, stride, pads, out_hw))
 
 
-
 def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: int | None = None):
     """dL/dW summed over a batch: sum_n corr(pad(X_n), dilate_s(delta_n)), as im2col products.
 

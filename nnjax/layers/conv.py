@@ -34,8 +34,8 @@ from nnjax.layers.dense import init_weights
 from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, spatial_shape, to_channels_last
 
 __all__ = [
-    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init", "FAST_CONV_DIMENSIONS", "kernel_hwio",
-    "conv2d", "conv2d_channels_last",
+    "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init",
+    "FAST_CONV_DIMENSIONS", "kernel_hwio", "conv2d", "conv2d_channels_last",
     "im2col", "conv2d_im2col", "UNROLLED_CHUNKS", "map_chunks",
     "sum_chunks", "batch_patches", "kernel_matrix", "patch_rows", "check_conv_batch_args", "conv2d_batch",
 ]
