@@ -5,8 +5,8 @@ The pieces, in the order a run uses them:
 1. A `Model` says how to initialize a network, apply it to a batch and (optionally) take its
    hand-derived gradients. `mlp_model` and `cnn_model` build the chapter's two networks.
 2. `load_splits` reads MNIST (`nnjax.data.load_mnist`) and `train` puts the whole training
-   set on the device as uint8; each epoch draws its batches from a permutation made on the
-   device, so no step moves data from the host.
+   set on the device as uint8; each epoch draws its batches from a permutation of example
+   indices (`_epoch_batches`), so no step moves images from the host.
 3. A training step is one jitted function of `(params, opt_state, model_state, step)` that
    donates those buffers. An epoch runs either as one compiled `lax.scan` over the step or
    as a Python loop calling the jitted step; which one is faster depends on the model and
@@ -1001,9 +1001,24 @@ def _setting_defaults() -> dict:
             if f.default is not dataclasses.MISSING}
 
 
+def _epoch_batches(key, n_train: int, steps: int, batch_size: int, devices: int):
+    """The epoch's (steps, batch_size) example indices: the first steps * batch_size entries of
+    a permutation of the n_train examples, drawn on the host by NumPy (PCG64) seeded with the
+    bits of the epoch's `jax.random` key, then put on the devices (`replicate`).
+
+    The same key gives the same batches on every machine and backend, so a resumed run draws
+    what an uninterrupted one draws. Drawn on the host because `jax.random.permutation` sorts
+    on the device: 28-29 ms per epoch of 60,000 examples on a 2-core CPU (jax 0.10.2), 7% of
+    the MLP's epoch, against under 1 ms here.
+    """
+    seed = np.asarray(jax.random.key_data(key)).ravel()
+    order = np.random.default_rng(seed).permutation(n_train)[:steps * batch_size]
+    return replicate(order.reshape(steps, batch_size).astype(np.int32), devices)
+
+
 class _Compiled(NamedTuple):
     batches: Callable
-    """epoch key -> (steps, B) example indices, a fresh permutation."""
+    """epoch key -> (steps, B) example indices on the devices, `_epoch_batches`."""
     epoch_part: Callable
     """(carry, data, batches) -> (carry, (losses, corrects)): one step (loop) or a scan."""
     steps_per_call: int
@@ -1015,13 +1030,10 @@ class _Compiled(NamedTuple):
 
 def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, devices: int,
                  run: _RunState, data: _Data, eval_set: _EvalSet) -> _Compiled:
-    """Compiles the permutation, the epoch's step or scan and the evaluation, ahead of time."""
+    """Compiles the epoch's step or scan and the evaluation, ahead of time."""
     steps, batch_size = config.steps_per_epoch, config.batch_size
-
-    def permutation(key):
-        return jax.random.permutation(key, config.n_train)[:steps * batch_size].reshape(steps, batch_size)
-
-    batches, seconds = _compile(permutation, run.shuffle_key)
+    batches = functools.partial(_epoch_batches, n_train=config.n_train, steps=steps, batch_size=batch_size,
+                                devices=devices)
     example_batches = batches(run.shuffle_key)
     carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
     step = make_train_step(model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
@@ -1033,7 +1045,7 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
         make_evaluate(model, devices), run.params, run.model_state,
         eval_set.images[:size], eval_set.labels[:size], eval_set.mask[:size])
     return _Compiled(batches, epoch_part, steps_per_call, evaluate_batch,
-                     seconds + part_seconds + eval_seconds, devices > 1)
+                     part_seconds + eval_seconds, devices > 1)
 
 
 def _run_epoch(compiled: _Compiled, carry, data: _Data, batches, batch_size: int, bar):
