@@ -722,19 +722,27 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation, grads
 
 
 def _scan_chunk(step: Callable, length: int) -> Callable:
-    """``length`` steps as one `lax.scan`: ``(carry, data, batches) -> (carry, metrics)``."""
-    def chunk(carry, data, batches):
-        return jax.lax.scan(lambda c, _: step(c, data, batches), carry, None, length=length)
+    """Up to ``length`` steps as one compiled loop: ``(carry, data, batches, count) ->
+    (carry, (losses, corrects))``.
+
+    It runs the first `count` (<= length) steps, `count` an argument, so one compiled program
+    serves every call of an epoch, the last one shorter when `length` does not divide the
+    epoch. The metrics are (length,) arrays, valid up to `count`.
+    """
+    def chunk(carry, data, batches, count):
+        def body(i, state):
+            carry, (losses, corrects) = state
+            carry, (loss, correct) = step(carry, data, batches)
+            return carry, (losses.at[i].set(loss.astype(jnp.float32)), corrects.at[i].set(correct.astype(jnp.int32)))
+        metrics = (jnp.zeros((length,), jnp.float32), jnp.zeros((length,), jnp.int32))
+        return jax.lax.fori_loop(0, count, body, (carry, metrics))
     return chunk
 
 
 def _scan_chunk_length(steps: int) -> int:
-    """Steps per scan call: a divisor of `steps` near ``steps / SCAN_UPDATES_PER_EPOCH``, so
-    the progress bar moves about that often and one compiled scan serves the whole epoch
-    (the whole epoch is one call when no divisor is near)."""
-    target = steps / SCAN_UPDATES_PER_EPOCH
-    near = [d for d in range(max(1, int(target / 2)), int(2 * target) + 1) if steps % d == 0]
-    return min(near, key=lambda d: abs(d - target)) if near else steps
+    """Steps per call of a scan epoch: ``ceil(steps / SCAN_UPDATES_PER_EPOCH)`` (the last call
+    runs the rest), so the progress bar moves about that often whatever the step count."""
+    return max(1, -(-steps // SCAN_UPDATES_PER_EPOCH))
 
 
 def make_evaluate(model: Model, devices: int = 1) -> Callable:
@@ -1020,7 +1028,8 @@ class _Compiled(NamedTuple):
     batches: Callable
     """epoch key -> (steps, B) example indices on the devices, `_epoch_batches`."""
     epoch_part: Callable
-    """(carry, data, batches) -> (carry, (losses, corrects)): one step (loop) or a scan."""
+    """(carry, data, batches, count) -> (carry, (losses, corrects)): `count` steps, one
+    (loop) or up to `steps_per_call` (a scan chunk, `_scan_chunk`)."""
     steps_per_call: int
     evaluate: Callable
     seconds: float
@@ -1037,9 +1046,19 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
     example_batches = batches(run.shuffle_key)
     carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
     step = make_train_step(model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
-    steps_per_call = _scan_chunk_length(steps) if epoch_mode == "scan" else 1
-    epoch_part = _scan_chunk(step, steps_per_call) if epoch_mode == "scan" else step
-    epoch_part, part_seconds = _compile(epoch_part, carry, data, example_batches, donate=True)
+    if epoch_mode == "scan":
+        steps_per_call = _scan_chunk_length(steps)
+        chunk, part_seconds = _compile(_scan_chunk(step, steps_per_call), carry, data, example_batches,
+                                       replicate(np.int32(steps_per_call), devices), donate=True)
+
+        def epoch_part(carry, data, batches, count):
+            return chunk(carry, data, batches, replicate(np.int32(count), devices))
+    else:
+        steps_per_call = 1
+        one_step, part_seconds = _compile(step, carry, data, example_batches, donate=True)
+
+        def epoch_part(carry, data, batches, count):
+            return one_step(carry, data, batches)
     size = config.eval_batch_size
     evaluate_batch, eval_seconds = _compile(
         make_evaluate(model, devices), run.params, run.model_state,
@@ -1058,22 +1077,22 @@ def _run_epoch(compiled: _Compiled, carry, data: _Data, batches, batch_size: int
     cannot start (measured: a 40 s rendezvous timeout kills the process). Waiting costs one
     host round trip per step, under 1% of a CNN step.
     """
-    calls = len(batches) // compiled.steps_per_call
-    refresh = max(1, calls // 20)
+    steps = len(batches)
+    counts = [min(compiled.steps_per_call, steps - start) for start in range(0, steps, compiled.steps_per_call)]
+    refresh = max(1, len(counts) // 20)
     metrics = []
-    for i in range(calls):
-        carry, part_metrics = compiled.epoch_part(carry, data, batches)
+    for i, count in enumerate(counts):
+        carry, part_metrics = compiled.epoch_part(carry, data, batches, count)
         if compiled.one_call_in_flight:
             jax.block_until_ready(part_metrics)
         metrics.append(part_metrics)
-        if (i + 1) % refresh == 0 or i + 1 == calls:
-            losses, corrects = jax.device_get(part_metrics)
-            bar.update((i + 1) * compiled.steps_per_call * batch_size - bar.n)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}",
-                            acc=f"{np.sum(corrects) / (np.size(corrects) * batch_size):.4f}")
-    losses, corrects = zip(*jax.device_get(metrics))
-    return carry, np.concatenate([np.atleast_1d(v) for v in losses]), \
-        np.concatenate([np.atleast_1d(v) for v in corrects])
+        if (i + 1) % refresh == 0 or i + 1 == len(counts):
+            losses, corrects = (np.atleast_1d(v)[:count] for v in jax.device_get(part_metrics))
+            bar.update(sum(counts[:i + 1]) * batch_size - bar.n)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", acc=f"{np.sum(corrects) / (count * batch_size):.4f}")
+    losses, corrects = zip(*((np.atleast_1d(loss)[:count], np.atleast_1d(correct)[:count])
+                             for (loss, correct), count in zip(jax.device_get(metrics), counts)))
+    return carry, np.concatenate(losses), np.concatenate(corrects)
 
 
 def _check_first_batch(model: Model, run: _RunState, data: _Data, first_batch,
