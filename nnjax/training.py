@@ -722,12 +722,20 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation, grads
 
 
 def _scan_chunk(step: Callable, length: int) -> Callable:
-    """Up to ``length`` steps as one compiled loop: ``(carry, data, batches, count) ->
-    (carry, (losses, corrects))``.
+    """``length`` steps as one `lax.scan`: ``(carry, data, batches) -> (carry, metrics)``."""
+    def chunk(carry, data, batches):
+        return jax.lax.scan(lambda c, _: step(c, data, batches), carry, None, length=length)
+    return chunk
 
-    It runs the first `count` (<= length) steps, `count` an argument, so one compiled program
-    serves every call of an epoch, the last one shorter when `length` does not divide the
-    epoch. The metrics are (length,) arrays, valid up to `count`.
+
+def _counted_chunk(step: Callable, length: int) -> Callable:
+    """Up to ``length`` steps as one compiled loop: ``(carry, data, batches, count) ->
+    (carry, (losses, corrects))``, running the first `count` (<= length).
+
+    For epochs that `length` does not divide: one program serves every call, the last one
+    shorter. The metrics are (length,) arrays, valid up to `count`. Its loop has no trip
+    count known to the compiler, which a GPU pays for in every iteration (the loop
+    condition goes back to the host), so `_scan_chunk` serves every epoch it can.
     """
     def chunk(carry, data, batches, count):
         def body(i, state):
@@ -740,9 +748,13 @@ def _scan_chunk(step: Callable, length: int) -> Callable:
 
 
 def _scan_chunk_length(steps: int) -> int:
-    """Steps per call of a scan epoch: ``ceil(steps / SCAN_UPDATES_PER_EPOCH)`` (the last call
-    runs the rest), so the progress bar moves about that often whatever the step count."""
-    return max(1, -(-steps // SCAN_UPDATES_PER_EPOCH))
+    """Steps per call of a scan epoch, so that the progress bar moves about
+    `SCAN_UPDATES_PER_EPOCH` times: a divisor of `steps` near ``steps / SCAN_UPDATES_PER_EPOCH``
+    (every call the same `_scan_chunk`), else ``ceil(steps / SCAN_UPDATES_PER_EPOCH)`` with a
+    shorter last call (`_counted_chunk`; 937 steps, batch 64, is prime)."""
+    target = steps / SCAN_UPDATES_PER_EPOCH
+    near = [d for d in range(max(1, int(target / 2)), int(2 * target) + 1) if steps % d == 0]
+    return min(near, key=lambda d: abs(d - target)) if near else -(-steps // SCAN_UPDATES_PER_EPOCH)
 
 
 def make_evaluate(model: Model, devices: int = 1) -> Callable:
@@ -1029,7 +1041,7 @@ class _Compiled(NamedTuple):
     """epoch key -> (steps, B) example indices on the devices, `_epoch_batches`."""
     epoch_part: Callable
     """(carry, data, batches, count) -> (carry, (losses, corrects)): `count` steps, one
-    (loop) or up to `steps_per_call` (a scan chunk, `_scan_chunk`)."""
+    (loop) or up to `steps_per_call` (`_scan_chunk`, `_counted_chunk`)."""
     steps_per_call: int
     evaluate: Callable
     seconds: float
@@ -1046,15 +1058,19 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
     example_batches = batches(run.shuffle_key)
     carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
     step = make_train_step(model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
-    if epoch_mode == "scan":
-        steps_per_call = _scan_chunk_length(steps)
-        chunk, part_seconds = _compile(_scan_chunk(step, steps_per_call), carry, data, example_batches,
-                                       replicate(np.int32(steps_per_call), devices), donate=True)
+    steps_per_call = _scan_chunk_length(steps) if epoch_mode == "scan" else 1
+    if epoch_mode == "scan" and steps % steps_per_call:
+        counted, part_seconds = _compile(_counted_chunk(step, steps_per_call), carry, data, example_batches,
+                                         replicate(np.int32(steps_per_call), devices), donate=True)
 
         def epoch_part(carry, data, batches, count):
-            return chunk(carry, data, batches, replicate(np.int32(count), devices))
+            return counted(carry, data, batches, replicate(np.int32(count), devices))
+    elif epoch_mode == "scan":
+        chunk, part_seconds = _compile(_scan_chunk(step, steps_per_call), carry, data, example_batches, donate=True)
+
+        def epoch_part(carry, data, batches, count):
+            return chunk(carry, data, batches)
     else:
-        steps_per_call = 1
         one_step, part_seconds = _compile(step, carry, data, example_batches, donate=True)
 
         def epoch_part(carry, data, batches, count):
