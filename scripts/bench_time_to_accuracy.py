@@ -152,8 +152,8 @@ def seed_runner(model_name: str, data, settings: dict, args):
     eval_every = min(args.eval_every or settings["eval_every"], total_steps)
     devices = training.resolve_devices(config.devices, model.kind, config.batch_size, EVAL_BATCH)
     optimizer = training.make_optimizer(config)
-    step = training.make_train_step(model, optimizer, config.grads, config.label_smoothing, devices,
-                                    config.compute_dtype)
+    batch_step = training.make_batch_step(model, optimizer, config.grads, config.label_smoothing, devices,
+                                          config.compute_dtype)
     device_data = TrainingData(*training.replicate((train_images, train_labels), devices))
     test_x, test_y, mask = training.replicate(
         (test_images, test_labels, np.ones((EVAL_BATCH,), np.float32)), devices)
@@ -171,12 +171,9 @@ def seed_runner(model_name: str, data, settings: dict, args):
 
     carry, batches = start_state(0)
     start = time.perf_counter()
-    if mode == "scan":
-        def chunk(carry, device_data, batches):
-            return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=eval_every)
-        advance = training.compile_ahead(chunk, carry, device_data, batches, donate=True)
-    else:
-        advance = training.compile_ahead(step, carry, device_data, batches, donate=True)
+    step = training.scan_steps(batch_step, eval_every) if mode == "scan" else training.make_train_step(
+        model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
+    advance = training.compile_ahead(step, carry, device_data, batches, donate=True)
     evaluate_batch = training.compile_ahead(training.make_evaluate(model, devices), carry[0], carry[2],
                                             test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask)
     compile_s = time.perf_counter() - start

@@ -337,15 +337,51 @@ def test_epoch_mode_auto_uses_the_measured_table():
 
 @pytest.mark.parametrize("steps", [1, 7, 16, 97, 468, 469, 937])
 def test_scan_chunks_cover_the_epoch_in_about_the_promised_calls(steps):
-    """A divisor of the step count where one is near, else a shorter last call: 937 steps
-    (batch 64) is prime and still runs in 10 calls."""
-    chunk = training._scan_chunk_length(steps)
+    """A divisor of the step count where one is near, else (on the CPU) a shorter last call:
+    937 steps (batch 64) is prime and still runs in 10 calls; on a GPU in one."""
+    chunk = training._scan_chunk_length(steps, "cpu")
     calls = -(-steps // chunk)
     assert (calls - 1) * chunk < steps <= calls * chunk
     assert 1 <= calls <= 2 * training.SCAN_UPDATES_PER_EPOCH
     if steps >= training.SCAN_UPDATES_PER_EPOCH ** 2:
         assert calls >= training.SCAN_UPDATES_PER_EPOCH // 2, calls
-    assert training._scan_chunk_length(937) == 94
+    off_cpu = training._scan_chunk_length(steps, "gpu")
+    assert steps % off_cpu == 0 and off_cpu == (chunk if steps % chunk == 0 else steps)
+    assert training._scan_chunk_length(937, "cpu") == 94 and training._scan_chunk_length(937, "gpu") == 937
+
+
+def test_scan_steps_run_from_the_carrys_step_like_single_steps():
+    """`scan_steps` takes the rows of `batches` from the step the carry is at: 3 scanned steps
+    from step 2 equal steps 2, 3, 4 of `make_train_step`, and differ from steps 0, 1, 2."""
+    import optax
+
+    model = training.mlp_model()
+    params, state = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    data = training._Data(jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8)),
+                          jnp.asarray(rng.integers(0, 10, 48), jnp.int32))
+    batches = jnp.asarray(rng.permutation(48).reshape(6, 8).astype(np.int32))
+    optimizer = optax.sgd(0.1)
+
+    def carry_at(step):
+        return params, optimizer.init(params), state, jnp.int32(step)
+
+    scanned = jax.jit(training.scan_steps(training.make_batch_step(model, optimizer, "manual"), 3))
+    (scan_params, _, _, scan_step), (losses, corrects) = scanned(carry_at(2), data, batches)
+    single = jax.jit(training.make_train_step(model, optimizer, "manual"))
+    expected = []
+    for start in (2, 0):
+        carry, single_losses = carry_at(start), []
+        for _ in range(3):
+            carry, (loss, _) = single(carry, data, batches)
+            single_losses.append(loss)
+        expected.append((carry, single_losses))
+    (step_params, _, _, step_count), step_losses = expected[0]
+    assert int(scan_step) == int(step_count) == 5 and losses.shape == corrects.shape == (3,)
+    np.testing.assert_allclose(losses, step_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(scan_params), jax.tree.leaves(step_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(losses, expected[1][1], rtol=1e-3)
 
 
 def test_load_splits_holds_out_validation_and_limits_training():

@@ -32,11 +32,12 @@ def _model(model: str) -> training.Model:
     return training.mlp_model() if model == "mlp" else training.cnn_model()
 
 
-def _setup(model: str, data: common.EpochData, lr: float, grads: str, seed: int = 0):
+def _setup(model: str, data: common.EpochData, lr: float, grads: str, make_step, seed: int = 0):
+    """`make_step` (`training.make_train_step` or `make_batch_step`) with SGD, and its inputs."""
     net = _model(model)
     devices = training.resolve_devices("auto", net.kind, data.batch_size, data.batch_size)
     optimizer = optax.sgd(lr)
-    step = training.make_train_step(net, optimizer, grads, devices=devices)
+    step = make_step(net, optimizer, grads, devices=devices)
     params, state = net.init(jax.random.key(seed))
     n = data.steps * data.batch_size
     device_data = DeviceData(*training.replicate((data.pixels.reshape(n, 28, 28), data.labels.reshape(n)), devices))
@@ -57,7 +58,7 @@ def _fresh_carry(trained, devices):
 def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
     """nnjax's jitted train step called once per batch from Python (``epoch_mode="loop"``);
     with several devices each step is waited for, as `train` does."""
-    step, trained, device_data, batches, devices = _setup(model, data, lr, grads)
+    step, trained, device_data, batches, devices = _setup(model, data, lr, grads, training.make_train_step)
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
@@ -82,15 +83,13 @@ def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
 
 
 def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
-    """nnjax's train step as the body of one `lax.scan` over the epoch (``epoch_mode="scan"``).
+    """nnjax's train step as the body of one `lax.scan` over the epoch (``epoch_mode="scan"``,
+    `training.scan_steps`).
 
     Its warm-up is the ahead-of-time compile of the epoch (no step is run).
     """
-    step, trained, device_data, batches, devices = _setup(model, data, lr, grads)
-
-    def run_epoch(carry, device_data, batches):
-        return jax.lax.scan(lambda c, _: step(c, device_data, batches), carry, None, length=data.steps)
-
+    step, trained, device_data, batches, devices = _setup(model, data, lr, grads, training.make_batch_step)
+    run_epoch = training.scan_steps(step, data.steps)
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
