@@ -743,44 +743,61 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation, grads
     return _indexed(make_batch_step(model, optimizer, grads, label_smoothing, devices, compute_dtype))
 
 
+def _no_metrics():
+    """Zero loss and correct-count sums, the start of `_add_metrics`."""
+    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+
+
+def _add_metrics(sums, metrics):
+    """Running sums of the steps' (loss, correct)."""
+    (loss_sum, correct_sum), (loss, correct) = sums, metrics
+    return loss_sum + loss.astype(jnp.float32), correct_sum + correct.astype(jnp.int32)
+
+
 def scan_steps(batch_step: Callable, length: int) -> Callable:
     """`length` steps of `batch_step` (`make_batch_step`) as one `lax.scan`, from the step
     the carry is at.
 
-    The `length` rows of `batches` are cut once (``dynamic_slice``) and scanned over, so
-    each step gets its batch indices as the scan's input rather than indexing `batches`
-    itself: on an H100 that made the MLP's step 16% faster at batch 1024 (0.058 against
-    0.069 ms) and 4% at 128, as XLA then copies each step's indices ahead instead of
-    recomputing the slice inside the gather (level on the CPU).
+    Measured on an H100 against a scan over the step count that indexes `batches` in each
+    step and stacks each step's metrics (A/B in docs/benchmarks.md): the `length` rows of
+    `batches` are cut once (``dynamic_slice``) and scanned over, so each step gets its batch
+    indices as the scan's input (XLA then copies them ahead of the step instead of
+    recomputing the slice inside the gather): the MLP's step 16% faster at batch 1024 (0.058
+    against 0.069 ms); and the metrics are summed in the scan's carry instead of written to
+    a (length,) array per step: another 4-5%. Level on the CPU.
 
     Returns:
-      ``(carry, data, batches) -> (carry, (losses, corrects))``, the metrics (length,) arrays;
-      the carry's step must leave `length` rows of `batches` from it.
+      ``(carry, data, batches) -> (carry, (loss_sum, correct_sum))``, the sums of the
+      `length` steps' mean losses and correct counts; the carry's step must leave `length`
+      rows of `batches` from it.
     """
     def chunk(carry, data, batches):
+        def body(state, batch):
+            carry, sums = state
+            carry, metrics = batch_step(carry, data, batch)
+            return (carry, _add_metrics(sums, metrics)), None
         rows = jax.lax.dynamic_slice_in_dim(batches, carry[3], length)
-        return jax.lax.scan(lambda c, batch: batch_step(c, data, batch), carry, rows)
+        return jax.lax.scan(body, (carry, _no_metrics()), rows)[0]
     return chunk
 
 
 def _counted_chunk(step: Callable, length: int) -> Callable:
     """Up to ``length`` steps of `step` (`make_train_step`) as one compiled loop:
-    ``(carry, data, batches, count) -> (carry, (losses, corrects))``, running the first
-    `count` (<= length).
+    ``(carry, data, batches, count) -> (carry, (loss_sum, correct_sum))``, running the first
+    `count` (<= length), the metrics summed as in `scan_steps`.
 
     For CPU epochs that `length` does not divide: one program serves every call, the last one
-    shorter. The metrics are (length,) arrays, valid up to `count`. Its loop has no trip
+    shorter. Its loop has no trip
     count known to the compiler, which a GPU pays for in every iteration (measured on an
     H100: 12-15 us more per step, +20-40% for the MLP), so `_scan_chunk_length` keeps it to
     the CPU (where it ran at the scan's speed).
     """
     def chunk(carry, data, batches, count):
-        def body(i, state):
-            carry, (losses, corrects) = state
-            carry, (loss, correct) = step(carry, data, batches)
-            return carry, (losses.at[i].set(loss.astype(jnp.float32)), corrects.at[i].set(correct.astype(jnp.int32)))
-        metrics = (jnp.zeros((length,), jnp.float32), jnp.zeros((length,), jnp.int32))
-        return jax.lax.fori_loop(0, count, body, (carry, metrics))
+        def body(_, state):
+            carry, sums = state
+            carry, metrics = step(carry, data, batches)
+            return carry, _add_metrics(sums, metrics)
+        return jax.lax.fori_loop(0, count, body, (carry, _no_metrics()))
     return chunk
 
 
@@ -1081,7 +1098,7 @@ class _Compiled(NamedTuple):
     batches: Callable
     """epoch key -> (steps, B) example indices on the devices, `_epoch_batches`."""
     epoch_part: Callable
-    """(carry, data, batches, count) -> (carry, (losses, corrects)): `count` steps, one
+    """(carry, data, batches, count) -> (carry, (loss_sum, correct_sum)): `count` steps, one
     (loop) or up to `steps_per_call` (`scan_steps`, `_counted_chunk`)."""
     steps_per_call: int
     evaluate: Callable
@@ -1122,7 +1139,7 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
 
 
 def _run_epoch(compiled: _Compiled, carry, data: _Data, batches, batch_size: int, bar):
-    """Runs the epoch's steps; returns (carry, per-step losses, per-step correct counts).
+    """Runs the epoch's steps; returns (carry, mean of the steps' losses, correct count).
 
     The host reads the metrics (a sync) only about 20 times per epoch, for the progress bar.
     With data parallelism on a CPU every call is waited for: XLA runs each device's share
@@ -1131,25 +1148,22 @@ def _run_epoch(compiled: _Compiled, carry, data: _Data, batches, batch_size: int
     cannot start (measured: a 40 s rendezvous timeout kills the process). Waiting costs one
     host round trip per step, under 1% of a CNN step.
     """
-    def valid(fetched, count):
-        return [np.atleast_1d(v)[:count] for v in fetched]
-
     steps = len(batches)
     counts = [min(compiled.steps_per_call, steps - start) for start in range(0, steps, compiled.steps_per_call)]
     refresh = max(1, len(counts) // 20)
-    metrics, done = [], 0
+    sums, done = [], 0
     for i, count in enumerate(counts):
-        carry, part_metrics = compiled.epoch_part(carry, data, batches, count)
+        carry, part_sums = compiled.epoch_part(carry, data, batches, count)
         if compiled.one_call_in_flight:
-            jax.block_until_ready(part_metrics)
-        metrics.append(part_metrics)
+            jax.block_until_ready(part_sums)
+        sums.append(part_sums)
         done += count
         if (i + 1) % refresh == 0 or i + 1 == len(counts):
-            losses, corrects = valid(jax.device_get(part_metrics), count)
+            loss_sum, correct_sum = jax.device_get(part_sums)
             bar.update(done * batch_size - bar.n)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", acc=f"{np.sum(corrects) / (count * batch_size):.4f}")
-    losses, corrects = zip(*(valid(part, count) for part, count in zip(jax.device_get(metrics), counts)))
-    return carry, np.concatenate(losses), np.concatenate(corrects)
+            bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct_sum / (count * batch_size):.4f}")
+    loss_sums, correct_sums = np.asarray(jax.device_get(sums), np.float64).T
+    return carry, float(np.sum(loss_sums)) / steps, int(np.sum(correct_sums))
 
 
 def _check_first_batch(model: Model, run: _RunState, data: _Data, first_batch,
@@ -1224,7 +1238,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         batches = compiled.batches(jax.random.fold_in(run.shuffle_key, epoch - 1))
         with tqdm(total=samples, unit="img", unit_scale=True, leave=False,
                   desc=f"epoch {epoch}/{config.epochs}", disable=not progress) as bar:
-            carry, losses, corrects = _run_epoch(
+            carry, train_loss, train_correct = _run_epoch(
                 compiled, replicate((params, opt_state, model_state, jnp.int32(0)), devices), data,
                 batches, config.batch_size, bar)
         params, opt_state, model_state, _ = carry
@@ -1236,8 +1250,8 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         eval_time += time.perf_counter() - start
         history.append({
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "train_accuracy": float(np.sum(corrects)) / samples,
+            "train_loss": train_loss,
+            "train_accuracy": train_correct / samples,
             f"{splits.eval_name}_loss": eval_loss,
             f"{splits.eval_name}_accuracy": eval_accuracy,
             "train_time_s": train_seconds,

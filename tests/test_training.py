@@ -351,8 +351,9 @@ def test_scan_chunks_cover_the_epoch_in_about_the_promised_calls(steps):
 
 
 def test_scan_steps_run_from_the_carrys_step_like_single_steps():
-    """`scan_steps` takes the rows of `batches` from the step the carry is at: 3 scanned steps
-    from step 2 equal steps 2, 3, 4 of `make_train_step`, and differ from steps 0, 1, 2."""
+    """`scan_steps` takes the rows of `batches` from the step the carry is at and sums the
+    steps' metrics: 3 scanned steps from step 2 equal steps 2, 3, 4 of `make_train_step`,
+    and differ from steps 0, 1, 2."""
     import optax
 
     model = training.mlp_model()
@@ -367,21 +368,23 @@ def test_scan_steps_run_from_the_carrys_step_like_single_steps():
         return params, optimizer.init(params), state, jnp.int32(step)
 
     scanned = jax.jit(training.scan_steps(training.make_batch_step(model, optimizer, "manual"), 3))
-    (scan_params, _, _, scan_step), (losses, corrects) = scanned(carry_at(2), data, batches)
+    (scan_params, _, _, scan_step), (loss_sum, correct_sum) = scanned(carry_at(2), data, batches)
     single = jax.jit(training.make_train_step(model, optimizer, "manual"))
     expected = []
     for start in (2, 0):
-        carry, single_losses = carry_at(start), []
+        carry, losses, corrects = carry_at(start), [], []
         for _ in range(3):
-            carry, (loss, _) = single(carry, data, batches)
-            single_losses.append(loss)
-        expected.append((carry, single_losses))
-    (step_params, _, _, step_count), step_losses = expected[0]
-    assert int(scan_step) == int(step_count) == 5 and losses.shape == corrects.shape == (3,)
-    np.testing.assert_allclose(losses, step_losses, rtol=1e-5)
+            carry, (loss, correct) = single(carry, data, batches)
+            losses.append(float(loss))
+            corrects.append(int(correct))
+        expected.append((carry, sum(losses), sum(corrects)))
+    (step_params, _, _, step_count), step_loss_sum, step_correct_sum = expected[0]
+    assert int(scan_step) == int(step_count) == 5 and loss_sum.shape == correct_sum.shape == ()
+    np.testing.assert_allclose(float(loss_sum), step_loss_sum, rtol=1e-5)
+    assert int(correct_sum) == step_correct_sum
     for a, b in zip(jax.tree.leaves(scan_params), jax.tree.leaves(step_params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(losses, expected[1][1], rtol=1e-3)
+    assert abs(float(loss_sum) - expected[1][1]) > 1e-3 * step_loss_sum
 
 
 def test_load_splits_holds_out_validation_and_limits_training():
