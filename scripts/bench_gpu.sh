@@ -5,15 +5,17 @@
 #   BENCH_PARTS=bench_cnn_1024,tta_mlp scripts/bench_gpu.sh OUT_DIR     # only those parts
 #
 # Parts, in this order, each time-boxed so that one slow or failing part cannot cost the others:
-#   tta_cnn_bf16, tta_cnn_f32, tta_cnn_b128 (80 s each): the CNN's time to 99% test accuracy
+#   tta_cnn_bf16, tta_cnn_f32, tta_cnn_b128 (100 s each): the CNN's time to 99% test accuracy
 #       (3 seeds): the GPU settings in bfloat16 mixed precision and in float32, and the CPU's
 #       settings (batch 128);
 #   tta_mlp (45 s): the MLP's time to 98%;
-#   bench_cnn_128, bench_cnn_1024 (200 s each), bench_mlp_128, bench_mlp_1024 (150 s each):
+#   bench_cnn_128 (200 s), bench_cnn_1024 (300 s), bench_mlp_128, bench_mlp_1024 (150 s each):
 #       bench.py's throughput table of one model and batch size, scan epochs, for
 #       $BENCH_FRAMEWORKS (default: every framework, torch.compile with CUDA graphs included),
 #       3 interleaved rounds. The JAX rows are compiled 8 at a time (--compile-workers 8); on an
-#       H100 host the 5 rows of one table still took 60-75 s together, hence a part per table;
+#       H100 host the 5 rows of one table still took 60-112 s together, hence a part per table,
+#       and `torch.compile`'s child process compiles again in every round (about 60 s a round
+#       for the CNN at batch 1024: 200 s ran out after its first round);
 #   profile (150 s): where the time of nnjax's train steps goes at batch 1024, kernel by kernel
 #       (`bench.py --profile`), both models: the MLP trails the JAX peers on a GPU.
 # All parts together run past one device call's 10 minutes: choose with BENCH_PARTS.
@@ -50,11 +52,11 @@ archive() {  # OUT_DIR as a .tgz at $BENCH_ARCHIVE, if set, written atomically
 frameworks=${BENCH_FRAMEWORKS:-nnjax,raw_jax,flax,equinox,torch,torch_compile}
 tta="$python scripts/bench_time_to_accuracy.py"
 bench="$python scripts/bench.py --modes scan --compile-workers 8 --repeats 3 --compile-timeout 60"
-part tta_cnn_bf16 80 $tta --models cnn --out "$out/tta_cnn_bf16.json"
-part tta_cnn_f32 80 $tta --models cnn --set cnn.compute_dtype=float32 --out "$out/tta_cnn_f32.json"
-part tta_cnn_b128 80 $tta --models cnn --settings cpu --out "$out/tta_cnn_b128.json"
+part tta_cnn_bf16 100 $tta --models cnn --out "$out/tta_cnn_bf16.json"
+part tta_cnn_f32 100 $tta --models cnn --set cnn.compute_dtype=float32 --out "$out/tta_cnn_f32.json"
+part tta_cnn_b128 100 $tta --models cnn --settings cpu --out "$out/tta_cnn_b128.json"
 part tta_mlp 45 $tta --models mlp --out "$out/tta_mlp.json"
-for model_batch in cnn:128:200 cnn:1024:200 mlp:128:150 mlp:1024:150; do
+for model_batch in cnn:128:200 cnn:1024:300 mlp:128:150 mlp:1024:150; do
     IFS=: read -r model batch seconds <<< "$model_batch"
     name=bench_${model}_$batch
     part "$name" "$seconds" $bench --models "$model" --batch-sizes "$batch" --frameworks "$frameworks" \
