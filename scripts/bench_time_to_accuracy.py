@@ -152,8 +152,7 @@ def seed_runner(model_name: str, data, settings: dict, args):
     eval_every = min(args.eval_every or settings["eval_every"], total_steps)
     devices = training.resolve_devices(config.devices, model.kind, config.batch_size, EVAL_BATCH)
     optimizer = training.make_optimizer(config)
-    batch_step = training.make_batch_step(model, optimizer, config.grads, config.label_smoothing, devices,
-                                          config.compute_dtype)
+    step_args = (model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
     device_data = TrainingData(*training.replicate((train_images, train_labels), devices))
     test_x, test_y, mask = training.replicate(
         (test_images, test_labels, np.ones((EVAL_BATCH,), np.float32)), devices)
@@ -171,8 +170,10 @@ def seed_runner(model_name: str, data, settings: dict, args):
 
     carry, batches = start_state(0)
     start = time.perf_counter()
-    step = training.scan_steps(batch_step, eval_every) if mode == "scan" else training.make_train_step(
-        model, optimizer, config.grads, config.label_smoothing, devices, config.compute_dtype)
+    if mode == "scan":
+        step = training.scan_steps(training.make_batch_step(*step_args), eval_every)
+    else:
+        step = training.make_train_step(*step_args)
     advance = training.compile_ahead(step, carry, device_data, batches, donate=True)
     evaluate_batch = training.compile_ahead(training.make_evaluate(model, devices), carry[0], carry[2],
                                             test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask)

@@ -165,7 +165,8 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     """
     images, labels = common.synthetic_mnist(batch_size * 4)
     data = common.cut_epoch(images, labels, batch_size, 4)
-    step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads, training.make_train_step)
+    step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads,
+                                                                     training.make_train_step)
     carry = nnjax_rows._fresh_carry(trained, devices)
     compiled = training.compile_ahead(step, carry, device_data, batches, donate=True)
     hlo = compiled.as_text()
