@@ -62,7 +62,7 @@ __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
     "SCHEDULES", "COMPUTE_DTYPES", "EPOCH_MODE_DEFAULTS", "DATA_PARALLEL_DEFAULTS", "DEVICE_AXIS", "use_host_cores",
     "reuse_freed_memory", "REUSE_MEMORY_ENV", "use_compile_cache", "COMPILE_CACHE_ENV",
-    "compiler_options", "CPU_COMPILER_OPTIONS", "compile_ahead",
+    "compiler_options", "CPU_COMPILER_OPTIONS", "CPU_COMPILER_OPTIONS_BY_MODEL", "compile_ahead",
     "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_batch_step",
     "make_train_step", "scan_steps",
@@ -510,48 +510,65 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optim
   (1.2e-7 after 3 CNN steps), a run repeats exactly. At level 0 the compile took 0.4 s but the
   step ran 3 times slower.
 
-Measured with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md."""
+Measured with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md. The MLP compiles with
+`CPU_COMPILER_OPTIONS_BY_MODEL` instead."""
+
+CPU_COMPILER_OPTIONS_BY_MODEL = {"mlp": {"xla_backend_optimization_level": 1}}
+"""Model kinds whose CPU programs compile with other options than `CPU_COMPILER_OPTIONS`.
+
+The MLP keeps XLA's default (MLIR) emitters: on the second CPU (a Xeon with AVX-512, jax
+0.10.2) the elemental emitters made its step 6-7% slower at batch 128 (scan epoch, median of
+20 interleaved rounds, two processes: 0.580 and 0.584 against 0.544 and 0.546 ms per step;
+the profile puts it in the 128x784 weight update, 0.08 against 0.05 ms) and saved only
+0.13 s of its 0.5 s compile; level at batch 1024 (3.19 against 3.11 ms). The CNN keeps both
+options: there they halve the compile (0.83 against 1.61 s at batch 128, same machine) with
+the step level (32.6 against 33.3 ms)."""
 
 
-def compiler_options(backend: str | None = None) -> dict:
+def compiler_options(backend: str | None = None, model_kind: str | None = None) -> dict:
     """The options nnjax passes to ``.compile()`` for its programs on `backend`.
 
-    `CPU_COMPILER_OPTIONS` on a CPU whose XLA knows them; nothing elsewhere. `compile_ahead`
-    passes them; so does ``jax.jit(step).lower(...).compile(compiler_options())``.
+    On a CPU whose XLA knows them: `CPU_COMPILER_OPTIONS_BY_MODEL[model_kind]` where there is
+    one, else `CPU_COMPILER_OPTIONS`; nothing elsewhere. `compile_ahead` passes them; so does
+    ``jax.jit(step).lower(...).compile(compiler_options(model_kind="cnn"))``.
 
     Args:
       backend: "cpu", "gpu", ...; None means JAX's default backend.
+      model_kind: the `Model.kind` the program trains or evaluates, or None.
 
     Returns:
       A new dict of XLA option names to values (empty where there are none to set).
     """
     backend = backend or jax.default_backend()
-    return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" and _cpu_options_known() else {}
+    options = CPU_COMPILER_OPTIONS_BY_MODEL.get(model_kind, CPU_COMPILER_OPTIONS)
+    return dict(options) if backend == "cpu" and _cpu_options_known(tuple(sorted(options.items()))) else {}
 
 
 @functools.cache
-def _cpu_options_known() -> bool:
-    """Whether this jaxlib's XLA accepts `CPU_COMPILER_OPTIONS` (it rejects unknown names)."""
+def _cpu_options_known(options: tuple) -> bool:
+    """Whether this jaxlib's XLA accepts the (name, value) `options` (it rejects unknown names)."""
     probe = jax.device_put(np.float32(0), jax.devices("cpu")[0])
     try:
-        jax.jit(jnp.negative).lower(probe).compile(CPU_COMPILER_OPTIONS)
+        jax.jit(jnp.negative).lower(probe).compile(dict(options))
     except jax.errors.JaxRuntimeError:
         return False
     return True
 
 
-def compile_ahead(fn: Callable, *args, donate: bool = False):
+def compile_ahead(fn: Callable, *args, donate: bool = False, model_kind: str | None = None):
     """`fn` jitted and compiled ahead of time for `args`, with nnjax's `compiler_options()`.
 
     Args:
       fn: a pure function of `args`.
       args: example arguments (arrays or pytrees of them) fixing shapes, dtypes and shardings.
       donate: donate the first argument's buffers (a train step's carry).
+      model_kind: the `Model.kind` of the program, for `compiler_options`.
 
     Returns:
       The compiled function, called with arguments like `args`.
     """
-    return jax.jit(fn, donate_argnums=(0,) if donate else ()).lower(*args).compile(compiler_options())
+    jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
+    return jitted.lower(*args).compile(compiler_options(model_kind=model_kind))
 
 
 def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
@@ -999,10 +1016,10 @@ class ResumeError(ValueError):
     """A run cannot resume: no checkpoint, or one from different settings or a different model."""
 
 
-def _compile(fn: Callable, *args, donate: bool = False):
+def _compile(model_kind: str, fn: Callable, *args, donate: bool = False):
     """`compile_ahead`, timed; returns (compiled, seconds)."""
     start = time.perf_counter()
-    compiled = compile_ahead(fn, *args, donate=donate)
+    compiled = compile_ahead(fn, *args, donate=donate, model_kind=model_kind)
     return compiled, time.perf_counter() - start
 
 
@@ -1118,20 +1135,21 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
                                  config.compute_dtype)
     steps_per_call = _scan_chunk_length(steps) if epoch_mode == "scan" else 1
     if epoch_mode == "scan" and steps % steps_per_call:
-        counted, part_seconds = _compile(_counted_chunk(_indexed(batch_step), steps_per_call), carry, data,
-                                         example_batches, replicate(np.int32(steps_per_call), devices), donate=True)
+        counted, part_seconds = _compile(model.kind, _counted_chunk(_indexed(batch_step), steps_per_call), carry,
+                                         data, example_batches, replicate(np.int32(steps_per_call), devices),
+                                         donate=True)
 
         def epoch_part(carry, data, batches, count):
             return counted(carry, data, batches, replicate(np.int32(count), devices))
     else:
         program = scan_steps(batch_step, steps_per_call) if epoch_mode == "scan" else _indexed(batch_step)
-        fixed, part_seconds = _compile(program, carry, data, example_batches, donate=True)
+        fixed, part_seconds = _compile(model.kind, program, carry, data, example_batches, donate=True)
 
         def epoch_part(carry, data, batches, count):
             return fixed(carry, data, batches)
     size = config.eval_batch_size
     evaluate_batch, eval_seconds = _compile(
-        make_evaluate(model, devices), run.params, run.model_state,
+        model.kind, make_evaluate(model, devices), run.params, run.model_state,
         eval_set.images[:size], eval_set.labels[:size], eval_set.mask[:size])
     return _Compiled(batches, epoch_part, steps_per_call, evaluate_batch,
                      part_seconds + eval_seconds, devices > 1)

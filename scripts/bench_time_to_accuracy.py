@@ -174,9 +174,9 @@ def seed_runner(model_name: str, data, settings: dict, args):
         step = training.scan_steps(training.make_batch_step(*step_args), eval_every)
     else:
         step = training.make_train_step(*step_args)
-    advance = training.compile_ahead(step, carry, device_data, batches, donate=True)
+    advance = training.compile_ahead(step, carry, device_data, batches, donate=True, model_kind=model.kind)
     evaluate_batch = training.compile_ahead(training.make_evaluate(model, devices), carry[0], carry[2],
-                                            test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask)
+                                            test_x[:EVAL_BATCH], test_y[:EVAL_BATCH], mask, model_kind=model.kind)
     compile_s = time.perf_counter() - start
 
     def test_accuracy(params, state) -> float:

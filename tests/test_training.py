@@ -290,16 +290,25 @@ def test_checkpoint_from_before_a_setting_existed_resumes(small_splits, referenc
 
 def test_compiler_options_on_a_cpu_and_elsewhere(monkeypatch):
     options = training.compiler_options("cpu")
-    assert options == training.CPU_COMPILER_OPTIONS
+    assert options == training.CPU_COMPILER_OPTIONS == training.compiler_options("cpu", "cnn")
     options["xla_backend_optimization_level"] = 3
     assert training.compiler_options("cpu") == training.CPU_COMPILER_OPTIONS, "callers got a shared dict"
-    assert training.compiler_options("gpu") == {}
+    assert training.compiler_options("cpu", "mlp") == training.CPU_COMPILER_OPTIONS_BY_MODEL["mlp"]
+    assert training.compiler_options("cpu", "mlp") != training.CPU_COMPILER_OPTIONS
+    assert training.compiler_options("gpu") == training.compiler_options("gpu", "mlp") == {}
     monkeypatch.setattr(training, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_the_test": True})
-    training._cpu_options_known.cache_clear()
-    try:
-        assert training.compiler_options("cpu") == {}, "an option this XLA lacks must not be passed"
-    finally:
-        training._cpu_options_known.cache_clear()
+    assert training.compiler_options("cpu") == {}, "an option this XLA lacks must not be passed"
+
+
+def test_train_compiles_each_model_with_its_options(small_splits, monkeypatch):
+    """`train` passes its model's kind to every compile: the MLP's programs get the MLP's options."""
+    asked = []
+    real = training.compiler_options
+    monkeypatch.setattr(training, "compiler_options",
+                        lambda backend=None, model_kind=None: asked.append(model_kind) or real(backend, model_kind))
+    model = training.mlp_model()
+    run(model, small_splits, small_config(small_splits, model, epochs=1))
+    assert asked and set(asked) == {"mlp"}
 
 
 @pytest.mark.parametrize("grads", training.GRAD_SOURCES)
@@ -315,7 +324,7 @@ def test_cnn_step_compiled_with_the_options_matches_the_default_compile(full_spl
     carry = (params, optimizer.init(params), state, jnp.int32(0))
     lowered = jax.jit(training.make_train_step(model, optimizer, grads)).lower(carry, data, batches)
     default = lowered.compile()(carry, data, batches)
-    tuned = lowered.compile(training.compiler_options())(carry, data, batches)
+    tuned = lowered.compile(training.compiler_options(model_kind="cnn"))(carry, data, batches)
     for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(tuned)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 

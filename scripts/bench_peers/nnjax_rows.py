@@ -63,7 +63,7 @@ def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
 
     def first_step():
         holder["compiled"] = training.compile_ahead(step, _fresh_carry(holder["trained"], devices), device_data,
-                                                    batches, donate=True)
+                                                    batches, donate=True, model_kind=model)
         carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)
         jax.block_until_ready((carry, metrics))
         holder["trained"] = carry[:3]
@@ -94,7 +94,7 @@ def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
 
     def first_step():
         holder["compiled"] = training.compile_ahead(run_epoch, _fresh_carry(holder["trained"], devices),
-                                                    device_data, batches, donate=True)
+                                                    device_data, batches, donate=True, model_kind=model)
 
     def epoch():
         carry, metrics = holder["compiled"](_fresh_carry(holder["trained"], devices), device_data, batches)

@@ -168,7 +168,7 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads,
                                                                      training.make_train_step)
     carry = nnjax_rows._fresh_carry(trained, devices)
-    compiled = training.compile_ahead(step, carry, device_data, batches, donate=True)
+    compiled = training.compile_ahead(step, carry, device_data, batches, donate=True, model_kind=model)
     hlo = compiled.as_text()
 
     def run(n):
