@@ -787,8 +787,18 @@ def scan_steps(batch_step: Callable, length: int) -> Callable:
       ``(carry, data, batches) -> (carry, (loss_sum, correct_sum))``, the sums of the
       `length` steps' mean losses and correct counts; the carry's step must leave `length`
       rows of `batches` from it.
+
+    Raises:
+      ValueError: `length` is below 1 or, when traced, above the number of rows of `batches`.
     """
+    if length < 1:
+        raise ValueError(f"scan_steps: length={length}; it must be at least 1 step")
+
     def chunk(carry, data, batches):
+        if length > batches.shape[0]:
+            raise ValueError(f"scan_steps: length={length} steps, but batches has {batches.shape[0]} rows "
+                             f"(shape {batches.shape}); pass the epoch's (steps, B) index matrix")
+
         def body(state, batch):
             carry, sums = state
             carry, metrics = batch_step(carry, data, batch)

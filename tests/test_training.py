@@ -394,6 +394,11 @@ def test_scan_steps_run_from_the_carrys_step_like_single_steps():
     for a, b in zip(jax.tree.leaves(scan_params), jax.tree.leaves(step_params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert abs(float(loss_sum) - expected[1][1]) > 1e-3 * step_loss_sum
+    with pytest.raises(ValueError, match=r"length=7 steps, but batches has 6 rows"):
+        jax.jit(training.scan_steps(training.make_batch_step(model, optimizer, "manual"), 7))(
+            carry_at(0), data, batches)
+    with pytest.raises(ValueError, match="length=0"):
+        training.scan_steps(training.make_batch_step(model, optimizer, "manual"), 0)
 
 
 def test_load_splits_holds_out_validation_and_limits_training():
