@@ -130,3 +130,25 @@ def test_replicate_puts_a_copy_on_each_device():
     assert on_two["a"].sharding.device_set == set(jax.devices()[:2])
     assert on_two["a"].sharding.is_fully_replicated
     assert training.replicate(tree, 1)["a"].sharding.device_set == {jax.devices()[0]}
+
+
+def test_scan_steps_split_across_two_devices_equal_the_steps_on_one(x64):
+    """The scan epoch (`scan_steps`) with each batch split across two devices: the same
+    parameters, batch-norm statistics and summed metrics after 2 steps as on one device."""
+    model = training.cnn_model(channels=(4, 8), hidden=16)
+    params, state = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(1)
+    data = (jnp.asarray(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),
+            jnp.asarray(rng.integers(0, 10, 96).astype(np.int32)))
+    batches = jnp.asarray(rng.permutation(96)[:64].reshape(2, 32).astype(np.int32))
+    optimizer = optax.sgd(0.1)
+    results = []
+    for devices in (1, 2):
+        carry = training.replicate((params, optimizer.init(params), state, jnp.int32(0)), devices)
+        scanned = jax.jit(training.scan_steps(training.make_batch_step(model, optimizer, "manual", 0.1, devices), 2))
+        results.append(jax.device_get(scanned(carry, training._Data(*training.replicate(data, devices)),
+                                              training.replicate(batches, devices))))
+    one, two = results
+    assert int(one[0][3]) == int(two[0][3]) == 2
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
