@@ -511,7 +511,13 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optim
   step ran 3 times slower.
 
 Measured with jax 0.10.2 on the 2-core CPU of docs/benchmarks.md. The MLP compiles with
-`CPU_COMPILER_OPTIONS_BY_MODEL` instead."""
+`CPU_COMPILER_OPTIONS_BY_MODEL` instead.
+
+The elemental emitters also keep the CNN's gradients right: with XLA's default (MLIR) fusion
+emitters, jaxlib 0.10.2 miscompiles the gradient of a 2x2 max pool (the maximum of strided
+slices) over ReLU(gamma * z + beta) with 12 or more channels (float32 and float64; correct
+op by op, with these options, or at LLVM -O0). docs/benchmarks.md has the reproducer, and
+`compare_gradient_sources` compiles with these options too."""
 
 CPU_COMPILER_OPTIONS_BY_MODEL = {"mlp": {"xla_backend_optimization_level": 1}}
 """Model kinds whose CPU programs compile with other options than `CPU_COMPILER_OPTIONS`.
@@ -903,7 +909,9 @@ def compare_gradient_sources(model: Model, params, state, inputs, targets,
       ``{"passed", "report" (the `nnjax.gradcheck.compare` table), "autodiff_ms",
       "manual_ms"}``.
     """
-    sources = {name: jax.jit(lambda p, s, x, y, f=_gradient_fn(model, name): f(p, s, x, y)[0])
+    options = compiler_options(model_kind=model.kind)
+    sources = {name: jax.jit(lambda p, s, x, y, f=_gradient_fn(model, name): f(p, s, x, y)[0],
+                             compiler_options=options)
                for name in GRAD_SOURCES}
     grads, times = {}, {}
     for name, fn in sources.items():

@@ -1,6 +1,8 @@
 """The experiments' CNN: shapes, forward against a composition of the layers, hand-derived
 cnn_grads (and jax.grad of cnn_loss, whose conv1 has a custom_vjp) against autodiff of the
 plain composition in float64, state updates, and error inputs."""
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,16 @@ import pytest
 
 from nnjax.backprop.cnn import cnn_grads, cnn_logits_and_grads, cnn_value_and_grads
 from nnjax.layers.conv import conv2d
+from nnjax.layers.conv_norm import conv2d_batch_norm_pays
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import max_pool2d
 from nnjax.network.cnn import cnn_apply, cnn_apply_batch, cnn_forward, cnn_init, cnn_loss
+from nnjax.training import compiler_options
 
 SMALL = dict(in_shape=(2, 14, 12), channels=(3, 4), hidden=6, classes=5)
+FUSED_FIRST = dict(in_shape=(1, 14, 12), channels=(12, 4), hidden=6, classes=5)
+"""conv1's patches (9 features and the bias) are narrower than its 12 channels, so in training
+its conv and batch norm run as one layer (`conv2d_batch_norm_fast`); conv2's are not."""
 
 
 def _batch(seed, m, in_shape=SMALL["in_shape"], classes=SMALL["classes"]):
@@ -32,11 +39,10 @@ def _perturbed(seed, params, state):
     return jax.tree.map(jnp.asarray, params), jax.tree.map(lambda v: jnp.asarray(np.abs(v)), state)
 
 
-@pytest.fixture(scope="module")
-def small_net():
-    """cnn_init's structure for SMALL, filled with He-scaled numpy draws (cnn_init's own
+def _net(config):
+    """cnn_init's structure for `config`, filled with He-scaled numpy draws (cnn_init's own
     jax.random draws compile once per weight shape, seconds each on a CPU)."""
-    params, state = jax.eval_shape(lambda key: cnn_init(key, **SMALL), jax.random.PRNGKey(0))
+    params, state = jax.eval_shape(lambda key: cnn_init(key, **config), jax.random.PRNGKey(0))
     rng = np.random.default_rng(11)
 
     def draw(path, leaf):
@@ -47,6 +53,23 @@ def small_net():
             return jnp.zeros(leaf.shape)
         return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[1:])), jnp.float32)
     return jax.tree_util.tree_map_with_path(draw, (params, state))
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    return _net(SMALL)
+
+
+@pytest.fixture(scope="module", params=[SMALL, FUSED_FIRST], ids=["conv_then_bn", "conv1_fused"])
+def net_and_shape(request):
+    """Both ways a training block runs: (params, state, in_shape)."""
+    return (*_net(request.param), request.param["in_shape"])
+
+
+def test_the_fused_configuration_fuses_conv1_only():
+    params, _ = _net(FUSED_FIRST)
+    assert conv2d_batch_norm_pays(params["conv1"]["W"]) and not conv2d_batch_norm_pays(params["conv2"]["W"])
+    assert not conv2d_batch_norm_pays(_net(SMALL)[0]["conv1"]["W"])
 
 
 def test_default_network_shapes():
@@ -89,9 +112,10 @@ def test_eval_forward_is_the_composition_of_the_layers(small_net):
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_apply_batch_equals_vmapped_apply(x64, small_net, train):
-    params, state = _perturbed(2, *small_net)
-    X, _ = _batch(4, 5)
+def test_apply_batch_equals_vmapped_apply(x64, net_and_shape, train):
+    *net, in_shape = net_and_shape
+    params, state = _perturbed(2, *net)
+    X, _ = _batch(4, 5, in_shape)
 
     @jax.jit
     def both(params, state, X):
@@ -102,7 +126,7 @@ def test_apply_batch_equals_vmapped_apply(x64, small_net, train):
     (expected, expected_state), (logits, new_state) = both(params, state, X)
     np.testing.assert_allclose(logits, expected, rtol=1e-12, atol=1e-12)
     _assert_trees_close(new_state, expected_state, rtol=1e-12)
-    with pytest.raises(AssertionError, match=r"cnn_apply_batch: X has shape \(2, 14, 12\).*rank 4"):
+    with pytest.raises(AssertionError, match=r"cnn_apply_batch: X has shape \(\d, 14, 12\).*rank 4"):
         cnn_apply_batch(params, state, X[0], train=train)
 
 
@@ -128,12 +152,15 @@ def _assert_trees_close(actual, expected, **tolerances):
         np.testing.assert_allclose(a, b, err_msg=jax.tree_util.keystr(path), **tolerances)
 
 
-def test_grads_match_autodiff_in_float64(x64, small_net):
-    params, state = _perturbed(5, *small_net)
-    X, Y = _batch(6, 4)
+def test_grads_match_autodiff_in_float64(x64, net_and_shape):
+    """Compiled with nnjax's CNN options: XLA's default CPU fusion emitters (jaxlib 0.10.2)
+    miscompile the plain reference's pooled-ReLU gradient at 12 channels (`training.CPU_COMPILER_OPTIONS`)."""
+    *net, in_shape = net_and_shape
+    params, state = _perturbed(5, *net)
+    X, Y = _batch(6, 4, in_shape)
     assert X.dtype == params["conv1"]["W"].dtype == jnp.float64
 
-    @jax.jit
+    @partial(jax.jit, compiler_options=compiler_options(model_kind="cnn"))
     def all_three(params, state, X, Y):
         return (jax.value_and_grad(_reference_loss, has_aux=True)(params, state, X, Y),
                 cnn_value_and_grads(params, state, X, Y),
@@ -147,9 +174,10 @@ def test_grads_match_autodiff_in_float64(x64, small_net):
         _assert_trees_close(new_state, ref_state, rtol=1e-12)
 
 
-def test_logits_and_grads_give_the_training_forward_logits(x64, small_net):
-    params, state = _perturbed(7, *small_net)
-    X, Y = _batch(8, 4)
+def test_logits_and_grads_give_the_training_forward_logits(x64, net_and_shape):
+    *net, in_shape = net_and_shape
+    params, state = _perturbed(7, *net)
+    X, Y = _batch(8, 4, in_shape)
     logits, new_state, grads = jax.jit(cnn_logits_and_grads)(params, state, X, Y)
     expected, expected_state = jax.vmap(lambda x: cnn_apply(params, state, x, train=True),
                                         axis_name="batch", out_axes=(0, None))(X)
@@ -167,9 +195,9 @@ def _numpy_conv(X, W, b):
     return np.einsum("nchwij,ocij->nohw", windows, np.asarray(W)) + np.asarray(b)[:, None, None]
 
 
-def test_cnn_grads_returns_grads_and_updates_running_statistics(small_net):
-    params, state = small_net
-    X, Y = _batch(8, 8)
+def test_cnn_grads_returns_grads_and_updates_running_statistics(net_and_shape):
+    params, state, in_shape = net_and_shape
+    X, Y = _batch(8, 8, in_shape)
     grads, new_state = _jit_cnn_grads(params, state, X, Y)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     conv1 = _numpy_conv(X, params["conv1"]["W"], params["conv1"]["b"])

@@ -108,8 +108,9 @@ def _one_step(model, grads, devices, params, state, data, batches):
 @pytest.mark.parametrize("grads", ["autodiff", "manual"])
 def test_a_step_split_across_two_devices_equals_the_step_on_one(x64, kind, grads):
     """Parameters, batch-norm running statistics, loss and correct count after one step:
-    batch norm's statistics span both devices and the gradients are averaged across them."""
-    model = training.cnn_model(channels=(4, 8), hidden=16) if kind == "cnn" else training.mlp_model()
+    batch norm's statistics span both devices and the gradients are averaged across them
+    (the CNN's conv1 runs as `conv2d_batch_norm`, its conv2 as a conv then batch norm)."""
+    model = training.cnn_model(channels=(12, 8), hidden=16) if kind == "cnn" else training.mlp_model()
     params, state = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     data = training._Data(jnp.asarray(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),
@@ -135,7 +136,7 @@ def test_replicate_puts_a_copy_on_each_device():
 def test_scan_steps_split_across_two_devices_equal_the_steps_on_one(x64):
     """The scan epoch (`scan_steps`) with each batch split across two devices: the same
     parameters, batch-norm statistics and summed metrics after 2 steps as on one device."""
-    model = training.cnn_model(channels=(4, 8), hidden=16)
+    model = training.cnn_model(channels=(12, 8), hidden=16)
     params, state = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0)))
     rng = np.random.default_rng(1)
     data = (jnp.asarray(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),

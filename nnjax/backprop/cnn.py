@@ -31,8 +31,14 @@ the training code share) runs the convolutions batch-level too (`conv2d_batch_fa
 every other layer per example under `jax.vmap`.
 It computes the same values in a cheaper order: p_i = ReLU(maxpool(u_i)) (max commutes with
 the non-decreasing ReLU), so its backward is delta_v_i = delta_p_i * ReLU'(p_i) on the small
-map, then maxpool_backward(u_i, delta_v_i); and it flattens p_N channels-last, with W1's
-columns reordered to match, so no feature map is transposed.
+map, then maxpool_backward(u_i, delta_v_i); it flattens p_N channels-last, with W1's
+columns reordered to match, so no feature map is transposed; and in training, a block whose
+patches are narrower than its output (`nnjax.layers.conv2d_batch_norm_pays`: the first, 10
+patch features for 32 channels) runs conv and batch norm as one layer,
+`conv2d_batch_norm_fast`: u_i is one product of the patches with the rescaled kernel, batch
+norm's statistics come from the patches' Gram matrix, and its backward
+(`conv2d_batch_norm_backward`) forms neither z_i nor delta_z_i for dW_i, db_i, dgamma_i and
+dbeta_i.
 
 The network's own functions (`nnjax.network.cnn_init`, `cnn_apply`, `cnn_loss`) build on
 `cnn_forward`; it lives here, below the network, as the first half of backpropagation.
@@ -48,11 +54,15 @@ from nnjax._checks import check_float_array, check_rank, check_shape
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_param_grads
-from nnjax.backprop.custom_vjp import batch_norm_batch_fast, conv2d_batch_fast, max_pool2d_fast
+from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
+from nnjax.backprop.custom_vjp import (
+    batch_norm_batch_fast, conv2d_batch_fast, conv2d_batch_norm_fast, max_pool2d_fast,
+)
 from nnjax.backprop.normalization import BATCH_AXIS as _AXIS
 from nnjax.backprop.normalization import batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv_output_size
+from nnjax.layers.conv_norm import conv2d_batch_norm_pays
 from nnjax.layers.dense import dense
 from nnjax.layers.layout import to_channels_first, to_channels_last
 from nnjax.layers.normalization import batch_norm
@@ -192,6 +202,8 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     `_dense1_channels_last`'s weights (no activation is transposed); and each block pools
     before its ReLU, ReLU(maxpool(u)) = maxpool(ReLU(u)) (max commutes with a non-decreasing
     function), so the ReLU and its backward run on a map 4x smaller and there is no "relu{i}".
+    In training, the blocks `conv2d_batch_norm_pays` picks run as one layer,
+    `conv2d_batch_norm_fast`, and have no "conv{i}" (z_i is never formed).
     """
     each, conv = (_vmapped, _conv_batch) if batch else (_per_example, _conv)
     if batch:
@@ -202,11 +214,16 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     pool = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))
     for i in range(1, n + 1):
-        cache[f"conv{i}"] = conv(params[f"conv{i}"], h)
-        norm = partial(batch_norm_batch_fast, device_axis=device_axis, layout=_LAYOUT) if batch and train \
-            else each(lambda p, s, z: batch_norm(p, s, z, train=train, axis_name=axis_name, layout=_LAYOUT),
-                      in_axes=(None, None, 0), out_axes=(0, None))
-        cache[f"bn{i}"], new_state[f"bn{i}"] = norm(params[f"bn{i}"], state[f"bn{i}"], cache[f"conv{i}"])
+        conv_params, bn_params, bn_state = params[f"conv{i}"], params[f"bn{i}"], state[f"bn{i}"]
+        if batch and train and conv2d_batch_norm_pays(conv_params["W"]):
+            cache[f"bn{i}"], new_state[f"bn{i}"] = conv2d_batch_norm_fast(
+                conv_params, bn_params, bn_state, h, device_axis=device_axis, layout=_LAYOUT)
+        else:
+            cache[f"conv{i}"] = conv(conv_params, h)
+            norm = partial(batch_norm_batch_fast, device_axis=device_axis, layout=_LAYOUT) if batch and train \
+                else each(lambda p, s, z: batch_norm(p, s, z, train=train, axis_name=axis_name, layout=_LAYOUT),
+                          in_axes=(None, None, 0), out_axes=(0, None))
+            cache[f"bn{i}"], new_state[f"bn{i}"] = norm(bn_params, bn_state, cache[f"conv{i}"])
         if batch:
             h = cache[f"pool{i}"] = relu(pool(cache[f"bn{i}"]))
         else:
@@ -276,10 +293,15 @@ def _blocks_backward(params, X, cache, delta, num_blocks, device_axis):
         delta = activation_backward("relu", cache[f"pool{i}"], delta)  # 1[v > 0] = 1[ReLU(v) > 0], v = maxpool(u)
         delta = jax.vmap(lambda a, d: max_pool2d_backward(a, d, POOL_WINDOW, layout=_LAYOUT))(
             cache[f"bn{i}"], delta)
-        grads[f"bn{i}"], delta = batch_norm_batch_backward(params[f"bn{i}"], cache[f"conv{i}"], delta,
-                                                           device_axis=device_axis, layout=_LAYOUT)
         conv_input = cache[f"pool{i - 1}"] if i > 1 else X
-        grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
+        if f"conv{i}" in cache:
+            grads[f"bn{i}"], delta = batch_norm_batch_backward(params[f"bn{i}"], cache[f"conv{i}"], delta,
+                                                               device_axis=device_axis, layout=_LAYOUT)
+            grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
+        else:  # the forward ran conv and batch norm as one layer (conv2d_batch_norm_fast)
+            grads[f"conv{i}"], grads[f"bn{i}"], delta = conv2d_batch_norm_backward(
+                params[f"conv{i}"], params[f"bn{i}"], conv_input, delta, device_axis=device_axis,
+                layout=_LAYOUT, input_grad=i > 1)
     return grads
 
 

@@ -40,14 +40,17 @@ import jax
 import jax.numpy as jnp
 
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
+from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
 from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
 from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d_batch, conv2d_channels_last
+from nnjax.layers.conv_norm import conv2d_batch_norm
 from nnjax.layers.layout import spatial_shape
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d, max_pool2d_blocks
 
-__all__ = ["conv2d_fast", "conv2d_batch_fast", "batch_norm_batch_fast", "max_pool2d_fast", "avg_pool2d_fast"]
+__all__ = ["conv2d_fast", "conv2d_batch_fast", "batch_norm_batch_fast", "conv2d_batch_norm_fast",
+           "max_pool2d_fast", "avg_pool2d_fast"]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -157,6 +160,40 @@ def batch_norm_batch_fast(params, state, X, *, device_axis=None, momentum=0.9, e
       (Y of X's shape, new_state).
     """
     return _batch_norm_batch(device_axis, momentum, eps, layout, params, state, X)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
+def _conv2d_batch_norm(stride, padding, device_axis, momentum, eps, layout, conv_params, bn_params, state, X):
+    return conv2d_batch_norm(conv_params, bn_params, state, X, stride=stride, padding=padding,
+                             device_axis=device_axis, momentum=momentum, eps=eps, layout=layout)
+
+
+def _conv2d_batch_norm_forward(stride, padding, device_axis, momentum, eps, layout, conv_params, bn_params, state, X):
+    outputs = _conv2d_batch_norm(stride, padding, device_axis, momentum, eps, layout, conv_params, bn_params, state, X)
+    return outputs, (conv_params, bn_params, state, X)
+
+
+def _conv2d_batch_norm_backward(stride, padding, device_axis, momentum, eps, layout, residuals, cotangents):
+    conv_params, bn_params, state, X = residuals
+    delta, _ = cotangents
+    conv_grads, bn_grads, dX = conv2d_batch_norm_backward(conv_params, bn_params, X, delta, stride=stride,
+                                                          padding=padding, device_axis=device_axis, eps=eps,
+                                                          layout=layout)
+    return conv_grads, bn_grads, jax.tree.map(jnp.zeros_like, state), dX
+
+
+_conv2d_batch_norm.defvjp(_conv2d_batch_norm_forward, _conv2d_batch_norm_backward)
+
+
+def conv2d_batch_norm_fast(conv_params, bn_params, state, X, *, stride=1, padding="valid", device_axis=None,
+                           momentum=0.9, eps=1e-5, layout="CHW"):
+    """`nnjax.layers.conv2d_batch_norm` (a convolution then batch norm in training mode, on a
+    whole batch, the statistics from the patches' Gram matrix) whose gradient is hand-derived:
+    `conv2d_batch_norm_backward`, which forms neither z nor delta_z for the parameter
+    gradients. Same arguments and result as `conv2d_batch_norm`; the CNN's training step runs
+    the layers for which `conv2d_batch_norm_pays` through this.
+    """
+    return _conv2d_batch_norm(stride, padding, device_axis, momentum, eps, layout, conv_params, bn_params, state, X)
 
 
 def _pool_vjp(forward, backward):

@@ -126,6 +126,27 @@ def _check_batch_norm_input(fn: str, params, x, layout):
     return x, features
 
 
+def check_running_statistics(fn: str, state, features: int, momentum, because: str) -> None:
+    """Checks batch norm's running statistics {"mean", "var"}, each (features,), and its momentum.
+
+    Raises:
+      AssertionError (chex) for a statistic of another shape, `because` appended to the
+      message; ValueError for a momentum outside [0, 1].
+    """
+    check_shape(fn, 'state["mean"]', state["mean"], (features,), because)
+    check_shape(fn, 'state["var"]', state["var"], (features,), because)
+    if isinstance(momentum, (int, float)) and not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
+
+
+def running_statistics(state, mu, var, count, momentum):
+    """The running statistics after a batch with per-feature mean `mu` and biased variance
+    `var` over `count` values: mean <- momentum * mean + (1 - momentum) * mu, var <- momentum *
+    var + (1 - momentum) * var * count / (count - 1) (the unbiased variance)."""
+    return {"mean": momentum * state["mean"] + (1 - momentum) * mu,
+            "var": momentum * state["var"] + (1 - momentum) * var * (count / (count - 1))}
+
+
 def batch_norm_init(num_features):
     """Parameters and running statistics of a batch-norm layer.
 
@@ -182,12 +203,9 @@ def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=
     """
     fn = "batch_norm"
     x, features = _check_batch_norm_input(fn, params, x, layout)
-    check_shape(fn, 'state["mean"]', state["mean"], (features,), f" to match x of shape {x.shape}")
-    check_shape(fn, 'state["var"]', state["var"], (features,), f" to match x of shape {x.shape}")
+    check_running_statistics(fn, state, features, momentum, f" to match x of shape {x.shape}")
     if not isinstance(train, bool):
         raise TypeError(f"{fn}: train must be True or False, got {train!r}")
-    if isinstance(momentum, (int, float)) and not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
     eps = _check_eps(fn, eps)
     gamma, beta = _per_channel(params["gamma"], x, layout), _per_channel(params["beta"], x, layout)
     if not train:
@@ -199,11 +217,7 @@ def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=
         raise ValueError(f"{fn}: train=True needs more than one value per feature to estimate a "
                          f"variance, got a batch of {m} for x of shape {x.shape}")
     x_hat, mu, var = _standardize(x, spatial, axis_name, eps)
-    new_state = {
-        "mean": momentum * state["mean"] + (1 - momentum) * mu.reshape(-1),
-        "var": momentum * state["var"] + (1 - momentum) * var.reshape(-1) * (m / (m - 1)),
-    }
-    return gamma * x_hat + beta, new_state
+    return gamma * x_hat + beta, running_statistics(state, mu.reshape(-1), var.reshape(-1), m, momentum)
 
 
 def layer_norm_init(shape):

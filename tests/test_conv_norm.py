@@ -1,0 +1,67 @@
+"""conv2d_batch_norm (a convolution then batch norm, the statistics from the patches' Gram
+matrix) against the plain composition conv2d_batch -> vmapped batch_norm, and its hand-derived
+backward against autodiff of that composition and finite differences, in float64."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nnjax.backprop import conv2d_batch_norm_backward, conv2d_batch_norm_fast
+from nnjax.layers import batch_norm, conv2d_batch, conv2d_batch_norm, conv2d_batch_norm_pays
+
+CASES = [  # (X shape (m, C_in, H, W), C_out, kernel, stride, padding, layout)
+    ((3, 1, 9, 8), 12, (3, 3), 1, "valid", "CHW"),
+    ((2, 2, 7, 9), 5, (2, 3), 2, "same", "HWC"),
+    ((4, 3, 6, 6), 4, (3, 3), (1, 2), "valid", "CHW"),
+]
+
+
+def _setup(seed, x_shape, c_out, kernel, layout, offset=0.0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=x_shape) + offset
+    if layout == "HWC":
+        X = X.transpose(0, 2, 3, 1)
+    conv = {"W": jnp.asarray(rng.normal(size=(c_out, x_shape[1], *kernel)) * 0.5),
+            "b": jnp.asarray(rng.normal(size=c_out))}
+    bn = {"gamma": jnp.asarray(rng.normal(size=c_out)), "beta": jnp.asarray(rng.normal(size=c_out))}
+    state = {"mean": jnp.asarray(rng.normal(size=c_out)), "var": jnp.asarray(rng.uniform(0.5, 2, size=c_out))}
+    return conv, bn, state, jnp.asarray(X)
+
+
+def _plain(conv, bn, state, X, stride, padding, layout):
+    Z = conv2d_batch(conv, X, stride, padding, layout)
+    return jax.vmap(lambda z: batch_norm(bn, state, z, train=True, layout=layout),
+                    axis_name="batch", out_axes=(0, None))(Z)
+
+
+@pytest.mark.parametrize("x_shape, c_out, kernel, stride, padding, layout", CASES)
+def test_forward_equals_conv_then_batch_norm(x64, x_shape, c_out, kernel, stride, padding, layout):
+    conv, bn, state, X = _setup(0, x_shape, c_out, kernel, layout, offset=3.0)
+    fused = jax.jit(lambda *a: conv2d_batch_norm(*a, stride=stride, padding=padding, layout=layout))
+    U, new_state = fused(conv, bn, state, X)
+    expected, expected_state = _plain(conv, bn, state, X, stride, padding, layout)
+    np.testing.assert_allclose(U, expected, rtol=1e-10, atol=1e-10)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(new_state[k], expected_state[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_shape, c_out, kernel, stride, padding, layout", CASES)
+def test_backward_equals_autodiff_of_the_plain_composition(x64, x_shape, c_out, kernel, stride, padding, layout):
+    conv, bn, state, X = _setup(1, x_shape, c_out, kernel, layout)
+    delta = jnp.asarray(np.random.default_rng(2).normal(size=_plain(conv, bn, state, X, stride, padding, layout)[0].shape))
+
+    def plain_loss(conv, bn, X):
+        return jnp.sum(delta * _plain(conv, bn, state, X, stride, padding, layout)[0])
+
+    def fast_loss(conv, bn, X):
+        return jnp.sum(delta * conv2d_batch_norm_fast(conv, bn, state, X, stride=stride, padding=padding,
+                                                      layout=layout)[0])
+
+    expected = jax.jit(jax.grad(plain_loss, argnums=(0, 1, 2)))(conv, bn, X)
+    manual = jax.jit(lambda *a: conv2d_batch_norm_backward(*a, stride=stride, padding=padding, layout=layout))(
+        conv, bn, X, delta)
+    through_vjp = jax.jit(jax.grad(fast_loss, argnums=(0, 1, 2)))(conv, bn, X)
+    assert float(jnp.abs(expected[0]["W"]).max()) > 1e-3
+    for grads in (manual, through_vjp):
+        for actual, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(actual, want, rtol=1e-8, atol=1e-10)
