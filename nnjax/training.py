@@ -6,7 +6,7 @@ The pieces, in the order a run uses them:
    hand-derived gradients. `mlp_model` and `cnn_model` build the chapter's two networks.
 2. `load_splits` reads MNIST (`nnjax.data.load_mnist`) and `train` puts the whole training
    set on the device as uint8; each epoch draws its batches from a permutation of example
-   indices (`_epoch_batches`), so no step moves images from the host.
+   indices (`epoch_batches`), so no step moves images from the host.
 3. A training step is one jitted function of `(params, opt_state, model_state, step)` that
    donates those buffers. An epoch runs either as one compiled `lax.scan` over the step or
    as a Python loop calling the jitted step; which one is faster depends on the model and
@@ -65,7 +65,7 @@ __all__ = [
     "compiler_options", "CPU_COMPILER_OPTIONS", "CPU_COMPILER_OPTIONS_BY_MODEL", "compile_ahead",
     "resolve_devices", "replicate", "Model", "mlp_model", "cnn_model", "Splits",
     "load_splits", "TrainConfig", "make_optimizer", "resolve_epoch_mode", "make_batch_step",
-    "make_train_step", "scan_steps",
+    "make_train_step", "scan_steps", "epoch_batches",
     "make_evaluate", "evaluate", "compare_gradient_sources", "save_checkpoint",
     "load_checkpoint", "plot_curves", "ResumeError", "train", "CHECKPOINT_FILE", "METRICS_FILE",
     "RESULTS_FILE", "CURVES_FILE", "GRADCHECK_RTOL", "GRADCHECK_ATOL",
@@ -109,7 +109,7 @@ loop; ``--epoch-mode`` overrides.
 
 DATA_PARALLEL_DEFAULTS = {
     ("mlp", "cpu"): None,
-    ("cnn", "cpu"): 512,
+    ("cnn", "cpu"): 128,
 }
 """(model kind, backend) -> the smallest batch that ``devices="auto"`` splits across all
 devices; None: never split.
@@ -121,7 +121,13 @@ convolutions are batch-level matrix products, which XLA runs on both cores on on
 split across two, every cross-device reduction (batch norm's statistics, the gradients) makes
 each device wait for the other. Median ms per step, one device against two: batch 64 23
 against 28, batch 128 44 against 46-53, batch 256 98 against 113, batch 512 206 against 184;
-so batches from 512 up are split. A pair not listed (a GPU, say) uses one device.
+so batches from 512 up were split. Since conv1 and its batch norm run as one product
+(`nnjax.layers.conv2d_batch_norm`), the step has fewer memory-bound passes and two devices
+gain from batch 128 up (a Xeon with 2 cores, scan epoch, in-process A/B, min/median ms per
+step, one device against two: batch 64 11.5/12.6 against 14.8/16.0; batch 128 26.3/27.4
+against 25.5/26.2 and 26.7/27.9 against 26.1/26.8 hand-derived, 27.0/27.9 against 26.4/27.5
+autodiff; batch 256 56.3/59.6 against 56.3/57.3). A pair not listed (a GPU, say) uses one
+device.
 """
 
 DEVICE_AXIS = "devices"
@@ -1113,24 +1119,41 @@ def _setting_defaults() -> dict:
             if f.default is not dataclasses.MISSING}
 
 
-def _epoch_batches(key, n_train: int, steps: int, batch_size: int, devices: int):
-    """The epoch's (steps, batch_size) example indices: the first steps * batch_size entries of
-    a permutation of the n_train examples, drawn on the host by NumPy (PCG64) seeded with the
-    bits of the epoch's `jax.random` key, then put on the devices (`replicate`).
+def epoch_batches(key, n_train: int, steps: int, batch_size: int) -> np.ndarray:
+    """One epoch's batches as example indices: the first steps * batch_size entries of a
+    permutation of the n_train examples, (steps, batch_size) int32 on the host.
 
-    The same key gives the same batches on every machine and backend, so a resumed run draws
-    what an uninterrupted one draws. Drawn on the host because `jax.random.permutation` sorts
-    on the device: 28-29 ms per epoch of 60,000 examples on a 2-core CPU (jax 0.10.2), 7% of
-    the MLP's epoch, against under 1 ms here.
+    `train` draws epoch e's batches with ``epoch_batches(jax.random.fold_in(shuffle_key, e),
+    ...)``. The permutation is NumPy's (PCG64), seeded with the bits of the `jax.random` key:
+    the same key gives the same batches on every machine and backend, so a resumed run draws
+    what an uninterrupted one draws. It is drawn on the host because `jax.random.permutation`
+    sorts on the device: 28-29 ms per epoch of 60,000 examples on a 2-core CPU (jax 0.10.2), 7%
+    of the MLP's epoch, against under 1 ms here.
+
+    Args:
+      key: the epoch's `jax.random` key.
+      n_train: the number of training examples.
+      steps, batch_size: the epoch's shape; steps * batch_size <= n_train.
+
+    Returns:
+      int32 array (steps, batch_size).
     """
+    if steps * batch_size > n_train:
+        raise ValueError(f"epoch_batches: steps * batch_size = {steps} * {batch_size} = {steps * batch_size} "
+                         f"exceeds n_train = {n_train}; an epoch draws each example at most once")
     seed = np.asarray(jax.random.key_data(key)).ravel()
     order = np.random.default_rng(seed).permutation(n_train)[:steps * batch_size]
-    return replicate(order.reshape(steps, batch_size).astype(np.int32), devices)
+    return order.reshape(steps, batch_size).astype(np.int32)
+
+
+def _epoch_batches_on(devices: int, key, n_train: int, steps: int, batch_size: int):
+    """`epoch_batches`, put on the devices (`replicate`)."""
+    return replicate(epoch_batches(key, n_train, steps, batch_size), devices)
 
 
 class _Compiled(NamedTuple):
     batches: Callable
-    """epoch key -> (steps, B) example indices on the devices, `_epoch_batches`."""
+    """epoch key -> (steps, B) example indices on the devices, `epoch_batches`."""
     epoch_part: Callable
     """(carry, data, batches, count) -> (carry, (loss_sum, correct_sum)): `count` steps, one
     (loop) or up to `steps_per_call` (`scan_steps`, `_counted_chunk`)."""
@@ -1145,8 +1168,8 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
                  run: _RunState, data: _Data, eval_set: _EvalSet) -> _Compiled:
     """Compiles the epoch's step or scan and the evaluation, ahead of time."""
     steps, batch_size = config.steps_per_epoch, config.batch_size
-    batches = functools.partial(_epoch_batches, n_train=config.n_train, steps=steps, batch_size=batch_size,
-                                devices=devices)
+    batches = functools.partial(_epoch_batches_on, devices, n_train=config.n_train, steps=steps,
+                                batch_size=batch_size)
     example_batches = batches(run.shuffle_key)
     carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
     batch_step = make_batch_step(model, optimizer, config.grads, config.label_smoothing, devices,

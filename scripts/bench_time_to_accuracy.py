@@ -5,7 +5,8 @@ Trains with nnjax's own training code (`nnjax.training`: the model, `make_optimi
 set every --eval-every steps. The clock runs only while training steps run: compilation is
 timed apart (once per model: the seeds share the compiled step), and evaluation is not
 counted. Each seed reshuffles and reinitializes; the script reports each seed and the mean.
-The training set stays on the device (uint8; each step gathers its batch there).
+The training set stays on the device (uint8; each step gathers its batch there), and each
+epoch's batches are drawn as `train` draws them (`training.epoch_batches`).
 
 On a GPU the settings are `GPU_SETTINGS` over `SETTINGS`: fewer, larger steps, and the CNN in
 bfloat16 mixed precision (``--set cnn.compute_dtype=float32`` for float32).
@@ -28,7 +29,6 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nnjax import training  # noqa: E402
@@ -161,11 +161,10 @@ def seed_runner(model_name: str, data, settings: dict, args):
         """The seed's initial carry and its epochs' batches (example indices), on the devices."""
         init_key, shuffle_key = jax.random.split(jax.random.key(seed))
         params, state = model.init(init_key)
-        n_batched = config.steps_per_epoch * config.batch_size
-        batches = jnp.concatenate([
-            jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), config.n_train)[:n_batched]
-            .reshape(config.steps_per_epoch, config.batch_size) for epoch in range(config.epochs)])
-        carry = (params, optimizer.init(params), state, jnp.int32(0))
+        batches = np.concatenate([
+            training.epoch_batches(jax.random.fold_in(shuffle_key, epoch), config.n_train,
+                                   config.steps_per_epoch, config.batch_size) for epoch in range(config.epochs)])
+        carry = (params, optimizer.init(params), state, np.int32(0))
         return training.replicate((carry, batches), devices)
 
     carry, batches = start_state(0)

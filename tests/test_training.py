@@ -349,6 +349,17 @@ def test_cnn_options_compile_a_pooled_relu_gradient_as_evaluated_op_by_op():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+def test_epoch_batches_draw_each_example_at_most_once_the_same_way_for_a_key():
+    key = jax.random.key(3)
+    batches = training.epoch_batches(key, 100, 7, 13)
+    assert batches.shape == (7, 13) and batches.dtype == np.int32
+    assert len(set(batches.ravel().tolist())) == 91 and 0 <= batches.min() and batches.max() < 100
+    np.testing.assert_array_equal(batches, training.epoch_batches(key, 100, 7, 13))
+    assert not np.array_equal(batches, training.epoch_batches(jax.random.fold_in(key, 1), 100, 7, 13))
+    with pytest.raises(ValueError, match=r"steps \* batch_size = 8 \* 13 = 104 exceeds n_train = 100"):
+        training.epoch_batches(key, 100, 8, 13)
+
+
 def test_standardized_pixels_are_the_mnist_standardization():
     pixels = np.arange(256, dtype=np.uint8)
     expected = (pixels / 255.0 - training.MNIST_MEAN) / training.MNIST_STD
