@@ -65,3 +65,41 @@ def test_backward_equals_autodiff_of_the_plain_composition(x64, x_shape, c_out, 
     for grads in (manual, through_vjp):
         for actual, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
             np.testing.assert_allclose(actual, want, rtol=1e-8, atol=1e-10)
+
+
+def test_device_split_statistics_equal_the_whole_batch(x64):
+    """With the batch split over a named device axis, the centring and the statistics span it:
+    the same output, running statistics and gradients as on the whole batch."""
+    conv, bn, state, X = _setup(3, (4, 1, 8, 7), 12, (3, 3), "CHW", offset=2.0)
+    delta = jnp.asarray(np.random.default_rng(4).normal(size=(4, 12, 6, 5)))
+
+    def forward_and_grads(X, delta, device_axis=None):
+        U, new_state = conv2d_batch_norm(conv, bn, state, X, device_axis=device_axis)
+        grads = conv2d_batch_norm_backward(conv, bn, X, delta, device_axis=device_axis)
+        return U, new_state, grads
+
+    whole = forward_and_grads(X, delta)
+    split = jax.vmap(lambda x, d: forward_and_grads(x, d, "devices"), axis_name="devices")(
+        X.reshape(2, 2, *X.shape[1:]), delta.reshape(2, 2, *delta.shape[1:]))
+    np.testing.assert_allclose(split[0].reshape(whole[0].shape), whole[0], rtol=1e-10, atol=1e-12)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(split[1][k][0], whole[1][k], rtol=1e-10)
+    conv_grads, bn_grads, dX = split[2]
+    for got, want in zip(jax.tree.leaves((conv_grads, bn_grads)), jax.tree.leaves(whole[2][:2])):
+        np.testing.assert_allclose(jnp.sum(got, axis=0), want, rtol=1e-9, atol=1e-12)  # per-device sums
+    np.testing.assert_allclose(dX.reshape(whole[2][2].shape), whole[2][2], rtol=1e-9, atol=1e-12)
+
+
+def test_the_rule_and_the_errors():
+    assert conv2d_batch_norm_pays(jnp.zeros((32, 1, 3, 3))) and not conv2d_batch_norm_pays(jnp.zeros((64, 32, 3, 3)))
+    conv, bn, state, X = _setup(5, (2, 1, 6, 6), 4, (3, 3), "CHW")
+    with pytest.raises(AssertionError, match=r'conv2d_batch_norm: bn_params\["gamma"\] has shape \(3,\), expected \(4,\)'):
+        conv2d_batch_norm(conv, {**bn, "gamma": bn["gamma"][:3]}, state, X)
+    with pytest.raises(AssertionError, match=r"conv2d_batch_norm: state\[\"var\"\] has shape \(5,\), expected \(4,\)"):
+        conv2d_batch_norm(conv, bn, {**state, "var": jnp.ones(5)}, X)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        conv2d_batch_norm(conv, bn, state, X, momentum=1.5)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        conv2d_batch_norm(conv, bn, state, X[:1, :, :3, :3])
+    with pytest.raises(AssertionError, match=r"conv2d_batch_norm_backward: delta has shape \(2, 4, 3, 3\)"):
+        conv2d_batch_norm_backward(conv, bn, X, jnp.zeros((2, 4, 3, 3)))

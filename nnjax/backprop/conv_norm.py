@@ -55,7 +55,8 @@ def conv2d_batch_norm_backward(conv_params, bn_params, X, delta, *, stride=1, pa
     fn = "conv2d_batch_norm_backward"
     W, _, X, stride, pads = check_conv_batch_args(fn, conv_params, X, stride, padding, layout)
     c_out, c_in, kh, kw = W.shape
-    _check_params(fn, bn_params, (c_out,), f" = ({c_out},), the output channels of conv_params['W'] {W.shape}")
+    _check_params(fn, bn_params, (c_out,), f" = ({c_out},), the output channels of conv_params['W'] {W.shape}",
+                  "bn_params")
     eps = _check_eps(fn, eps)
     X = to_channels_last(X, layout)
     out_hw = conv_output_shape(X.shape[1:3], (kh, kw), stride, pads)

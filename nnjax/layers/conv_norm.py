@@ -22,8 +22,10 @@ output, K + 1 <= C_out (`conv2d_batch_norm_pays`): the CNN's first layer (K + 1 
 features, 32 channels), not its second (289 against 64, where the Gram matrix would be 2.6
 GFLOP at batch 128).
 
-Measured (2-core Xeon, jax 0.10.2, the CNN's train step at batch 128, in-process A/B of a scan
-epoch, min/median ms per step): 24.2/25.4 with this layer as conv1 against 27.9/29.1.
+Measured on a 2-core Xeon (jax 0.10.2), the CNN's hand-derived train step as a scan epoch
+(`scripts/bench.py`, the code before and after in alternating processes): 25.9-26.4 against
+29.7-31.5 ms per step at batch 128 (one device), 204.9-207.8 against 253.3-258.6 ms at batch
+1024 (split across 2 devices), with this layer as conv1.
 
 Numerics: Sigma = P^T P / M - p_bar p_bar^T cancels where the patches' mean is large against
 their spread, so the patches are taken from the images minus their batch mean per channel
@@ -135,7 +137,7 @@ def conv2d_batch_norm(conv_params, bn_params, state, X, *, stride=1, padding="va
     W, b, X, stride, pads = check_conv_batch_args(fn, conv_params, X, stride, padding, layout)
     c_out = W.shape[0]
     because = f" = ({c_out},), the output channels of conv_params['W'] {W.shape}"
-    _check_params(fn, bn_params, (c_out,), because)
+    _check_params(fn, bn_params, (c_out,), because, "bn_params")
     check_running_statistics(fn, state, c_out, momentum, because)
     eps = _check_eps(fn, eps)
     X = to_channels_last(X, layout)

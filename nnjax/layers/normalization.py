@@ -45,13 +45,14 @@ def _check_eps(fn: str, eps) -> float:
     return float(eps)
 
 
-def _check_params(fn: str, params, expected_shape, because: str) -> None:
-    """Checks that `params` is a dict with "gamma" and "beta" of shape `expected_shape`."""
+def _check_params(fn: str, params, expected_shape, because: str, arg: str = "params") -> None:
+    """Checks that `params` (the argument named `arg`) is a dict with "gamma" and "beta" of
+    shape `expected_shape`."""
     if not isinstance(params, dict) or not {"gamma", "beta"} <= params.keys():
         keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(f'{fn}: params must be a dict with keys "gamma" and "beta", got {keys}')
-    check_shape(fn, 'params["gamma"]', params["gamma"], expected_shape, because)
-    check_shape(fn, 'params["beta"]', params["beta"], expected_shape, because)
+        raise TypeError(f'{fn}: {arg} must be a dict with keys "gamma" and "beta", got {keys}')
+    check_shape(fn, f'{arg}["gamma"]', params["gamma"], expected_shape, because)
+    check_shape(fn, f'{arg}["beta"]', params["beta"], expected_shape, because)
 
 
 def _per_channel(v, x, layout="CHW"):
