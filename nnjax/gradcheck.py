@@ -486,6 +486,29 @@ def _batch_norm_case(x_shape: tuple, batch: int = 4) -> Case:
     return Case("batch_norm_backward", f"vmap, batch {batch}, x {_dims(x_shape)}", make)
 
 
+def _conv_batch_norm_case(c_in: int, c_out: int, hw: tuple, stride, padding, batch: int = 3) -> Case:
+    """`conv2d_batch_norm_backward` against the plain composition it replaces: `conv2d_batch`
+    then `batch_norm` in training mode under `jax.vmap`."""
+    def make(rng):
+        state = layers.batch_norm_init(c_out)[1]
+        inputs = {"W": _normal(rng, c_out, c_in, 3, 3), "b": _normal(rng, c_out), "gamma": _normal(rng, c_out),
+                  "beta": _normal(rng, c_out), "x": _normal(rng, batch, c_in, *hw, scale=2.0) + 1}
+        split = lambda p: ({"W": p["W"], "b": p["b"]}, {"gamma": p["gamma"], "beta": p["beta"]}, p["x"])
+
+        def forward(p):
+            conv, bn, X = split(p)
+            Z = layers.conv2d_batch(conv, X, stride=stride, padding=padding)
+            return jax.vmap(lambda z: layers.batch_norm(bn, state, z, train=True)[0], axis_name="batch")(Z)
+
+        def manual(p, delta):
+            conv_grads, bn_grads, dX = backprop.conv2d_batch_norm_backward(*split(p), delta, stride=stride,
+                                                                           padding=padding)
+            return {**conv_grads, **bn_grads, "x": dX}
+        return inputs, forward, manual
+    return Case("conv2d_batch_norm_backward",
+                f"3x3, stride {stride}, padding {padding}, batch {batch}, x {_dims((c_in, *hw))}, C_out {c_out}", make)
+
+
 def _norm_case(name: str, x_shape: tuple, param_shape: tuple, **kwargs) -> Case:
     setting = ", ".join([f"x {_dims(x_shape)}"] + [f"{k} {v}" for k, v in kwargs.items()])
     return _layer_case(
@@ -531,10 +554,12 @@ def _mlp_grads_mse_case() -> Case:
     return Case("mlp_grads_mse", "3-4-2, tanh, batch 5", make)
 
 
-def _cnn_case() -> Case:
+def _cnn_case(channels: tuple = (2, 3)) -> Case:
+    """The whole CNN; with channels (12, 3) its conv1 runs as `conv2d_batch_norm` (10 patch
+    features for 12 channels)."""
     def make(rng):
         in_shape, batch, classes = (1, 12, 11), 4, 3
-        shapes = jax.eval_shape(lambda key: network.cnn_init(key, in_shape=in_shape, channels=(2, 3),
+        shapes = jax.eval_shape(lambda key: network.cnn_init(key, in_shape=in_shape, channels=channels,
                                                              hidden=5, classes=classes),
                                 jax.random.key(0))
         params = jax.tree_util.tree_map(lambda s: _normal(rng, *s.shape, scale=_fan_in(s.shape) ** -0.5),
@@ -543,7 +568,7 @@ def _cnn_case() -> Case:
         X, Y = _normal(rng, batch, *in_shape), _one_hot(rng, batch, classes)
         return params, lambda p: network.cnn_loss(p, state, X, Y)[0], _scaled(
             lambda p: backprop.cnn_grads(p, state, X, Y)[0])
-    return Case("cnn_grads", "x 1x12x11, channels 2-3, hidden 5, batch 4", make)
+    return Case("cnn_grads", f"x 1x12x11, channels {channels[0]}-{channels[1]}, hidden 5, batch 4", make)
 
 
 def _fan_in(shape: tuple) -> int:
@@ -576,7 +601,10 @@ CASES: list[Case] = [
     _norm_case("layer_norm", (2, 3, 4), (2, 3, 4)),
     _norm_case("instance_norm", (3, 4, 5), (3,)),
     _norm_case("group_norm", (4, 3, 3), (4,), num_groups=2),
+    _conv_batch_norm_case(1, 12, (6, 5), 1, "valid"),
+    _conv_batch_norm_case(2, 3, (7, 6), 2, "same"),
     _cnn_case(),
+    _cnn_case((12, 3)),
 ]
 """Every hand-derived backward pass in `nnjax.backprop`, at small shapes: what
 ``python -m nnjax.gradcheck`` runs. Adding a layer is one entry."""
