@@ -555,8 +555,9 @@ def _mlp_grads_mse_case() -> Case:
 
 
 def _cnn_case(channels: tuple = (2, 3)) -> Case:
-    """The whole CNN; with channels (12, 3) its conv1 runs as `conv2d_batch_norm` (10 patch
-    features for 12 channels)."""
+    """The whole CNN, against autodiff of its plain layers (`cnn_loss_plain`; `cnn_loss` would
+    run the same hand-derived layer backwards); with channels (12, 3) its conv1 runs as
+    `conv2d_batch_norm` (10 patch features for 12 channels)."""
     def make(rng):
         in_shape, batch, classes = (1, 12, 11), 4, 3
         shapes = jax.eval_shape(lambda key: network.cnn_init(key, in_shape=in_shape, channels=channels,
@@ -566,7 +567,7 @@ def _cnn_case(channels: tuple = (2, 3)) -> Case:
                                         shapes[0])
         state = jax.tree_util.tree_map(lambda s: np.ones(s.shape), shapes[1])
         X, Y = _normal(rng, batch, *in_shape), _one_hot(rng, batch, classes)
-        return params, lambda p: network.cnn_loss(p, state, X, Y)[0], _scaled(
+        return params, lambda p: network.cnn_loss_plain(p, state, X, Y)[0], _scaled(
             lambda p: backprop.cnn_grads(p, state, X, Y)[0])
     return Case("cnn_grads", f"x 1x12x11, channels {channels[0]}-{channels[1]}, hidden 5, batch 4", make)
 

@@ -13,7 +13,7 @@ from nnjax.layers.conv import conv2d
 from nnjax.layers.conv_norm import conv2d_batch_norm_pays
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import max_pool2d
-from nnjax.network.cnn import cnn_apply, cnn_apply_batch, cnn_forward, cnn_init, cnn_loss
+from nnjax.network.cnn import cnn_apply, cnn_apply_batch, cnn_forward, cnn_init, cnn_loss, cnn_loss_plain
 from nnjax.training import compiler_options
 
 SMALL = dict(in_shape=(2, 14, 12), channels=(3, 4), hidden=6, classes=5)
@@ -161,12 +161,13 @@ def test_grads_match_autodiff_in_float64(x64, net_and_shape):
     assert X.dtype == params["conv1"]["W"].dtype == jnp.float64
 
     @partial(jax.jit, compiler_options=compiler_options(model_kind="cnn"))
-    def all_three(params, state, X, Y):
+    def all_four(params, state, X, Y):
         return (jax.value_and_grad(_reference_loss, has_aux=True)(params, state, X, Y),
                 cnn_value_and_grads(params, state, X, Y),
-                jax.value_and_grad(cnn_loss, has_aux=True)(params, state, X, Y))
+                jax.value_and_grad(cnn_loss, has_aux=True)(params, state, X, Y),
+                jax.value_and_grad(cnn_loss_plain, has_aux=True)(params, state, X, Y))
 
-    ((ref_loss, ref_state), ref_grads), *results = all_three(params, state, X, Y)
+    ((ref_loss, ref_state), ref_grads), *results = all_four(params, state, X, Y)
     assert float(jnp.abs(ref_grads["conv1"]["W"]).max()) > 0
     for (loss, new_state), grads in results:
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
@@ -253,7 +254,7 @@ def test_train_outside_vmap_and_bad_structures_raise(small_net):
         cnn_apply(params, {"bn1": state["bn1"]}, x, train=False)
 
 
-@pytest.mark.parametrize("fn", [cnn_loss, cnn_grads])
+@pytest.mark.parametrize("fn", [cnn_loss, cnn_loss_plain, cnn_grads])
 def test_batch_errors(small_net, fn):
     params, state = small_net
     X, Y = _batch(12, 2)

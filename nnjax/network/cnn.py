@@ -28,14 +28,18 @@ import jax
 import jax.numpy as jnp
 
 from nnjax._checks import as_pair, check_positive_int
-from nnjax.backprop.cnn import _forward, check_cnn_batch, cnn_feature_shape, cnn_forward, cnn_num_blocks
-from nnjax.layers.conv import conv2d_init
-from nnjax.layers.dense import dense_init
-from nnjax.layers.normalization import batch_norm_init
+from nnjax.activations import relu
+from nnjax.backprop.cnn import (
+    POOL_WINDOW, _forward, check_cnn_batch, cnn_feature_shape, cnn_forward, cnn_num_blocks,
+)
+from nnjax.layers.conv import conv2d, conv2d_init
+from nnjax.layers.dense import dense, dense_init
+from nnjax.layers.normalization import batch_norm, batch_norm_init
+from nnjax.layers.pooling import max_pool2d
 from nnjax.losses import softmax_cross_entropy
 
 # cnn_forward and cnn_num_blocks are nnjax.backprop's, listed here with the network too.
-__all__ = ["cnn_init", "cnn_apply", "cnn_apply_batch", "cnn_loss", "cnn_forward", "cnn_num_blocks"]
+__all__ = ["cnn_init", "cnn_apply", "cnn_apply_batch", "cnn_loss", "cnn_loss_plain", "cnn_forward", "cnn_num_blocks"]
 
 
 def cnn_init(key, in_shape=(1, 28, 28), channels=(32, 64), hidden=128, classes=10, kernel_size=3,
@@ -140,3 +144,38 @@ def cnn_loss(params, state, X, Y, *, train=True):
     X = check_cnn_batch("cnn_loss", params, X, Y)
     logits, new_state = cnn_apply_batch(params, state, X, train=train)
     return jnp.mean(softmax_cross_entropy(logits, Y)), new_state
+
+
+def cnn_loss_plain(params, state, X, Y):
+    """`cnn_loss` (train=True) composed from the plain layers only, for checking gradients.
+
+    conv2d -> batch_norm -> ReLU -> max_pool2d per block, then dense -> ReLU -> dense, one
+    example at a time under `jax.vmap(..., axis_name="batch")`: no `jax.custom_vjp` inside,
+    so `jax.grad` of it is autodiff all the way, where `cnn_loss` runs nnjax's hand-derived
+    layer backwards (`nnjax.backprop.custom_vjp`) under autodiff. The same values as
+    `cnn_loss`; slower. `nnjax.gradcheck` compares `nnjax.backprop.cnn_grads` with its
+    gradient. Compile it with `nnjax.training.compiler_options(model_kind="cnn")` on a CPU
+    (jaxlib 0.10.2's default fusion emitters miscompile its pooled-ReLU gradient; see
+    `nnjax.training.CPU_COMPILER_OPTIONS`).
+
+    Args:
+      params, state: as `cnn_init` returns.
+      X: images (m, C, H, W).
+      Y: one-hot targets (m, K).
+
+    Returns:
+      (loss, new_state), as `cnn_loss` returns them.
+    """
+    X = check_cnn_batch("cnn_loss_plain", params, X, Y)
+    num_blocks = cnn_num_blocks(params)
+
+    def logits(x):
+        h, new_state = x, {}
+        for i in range(1, num_blocks + 1):
+            z = conv2d(params[f"conv{i}"], h)
+            u, new_state[f"bn{i}"] = batch_norm(params[f"bn{i}"], state[f"bn{i}"], z, train=True)
+            h = max_pool2d(relu(u), POOL_WINDOW)
+        return dense(params["dense2"], relu(dense(params["dense1"], h.reshape(-1)))), new_state
+
+    Z, new_state = jax.vmap(logits, axis_name="batch", out_axes=(0, None))(X)
+    return jnp.mean(softmax_cross_entropy(Z, Y)), new_state
