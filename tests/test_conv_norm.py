@@ -103,3 +103,12 @@ def test_the_rule_and_the_errors():
         conv2d_batch_norm(conv, bn, state, X[:1, :, :3, :3])
     with pytest.raises(AssertionError, match=r"conv2d_batch_norm_backward: delta has shape \(2, 4, 3, 3\)"):
         conv2d_batch_norm_backward(conv, bn, X, jnp.zeros((2, 4, 3, 3)))
+
+
+def test_gradients_keep_their_inputs_dtypes_when_the_dtypes_differ(x64):
+    """float32 parameters with a float64 batch: the forward computes in float64 (as conv2d_batch
+    does), and each gradient comes back in its own input's dtype, as `jax.grad` requires."""
+    conv, bn, state, X = _setup(6, (2, 1, 6, 6), 12, (3, 3), "CHW")
+    conv32 = jax.tree.map(lambda a: a.astype(jnp.float32), conv)
+    grads = jax.grad(lambda c, X: jnp.sum(conv2d_batch_norm_fast(c, bn, state, X)[0] ** 2), argnums=(0, 1))(conv32, X)
+    assert grads[0]["W"].dtype == grads[0]["b"].dtype == jnp.float32 and grads[1].dtype == jnp.float64

@@ -50,9 +50,10 @@ def conv2d_batch_norm_backward(conv_params, bn_params, X, delta, *, stride=1, pa
 
     Returns:
       (conv_grads {"W", "b"}, bn_grads {"gamma", "beta"}, dX of X's shape or None), the
-      parameter gradients summed over this device's examples.
+      parameter gradients summed over this device's examples, each in its input's dtype.
     """
     fn = "conv2d_batch_norm_backward"
+    dtypes = {"W": jnp.result_type(conv_params["W"]), "b": jnp.result_type(conv_params["b"]), "X": jnp.result_type(X)}
     W, _, X, stride, pads = check_conv_batch_args(fn, conv_params, X, stride, padding, layout)
     c_out, c_in, kh, kw = W.shape
     _check_params(fn, bn_params, (c_out,), f" = ({c_out},), the output channels of conv_params['W'] {W.shape}",
@@ -75,7 +76,7 @@ def conv2d_batch_norm_backward(conv_params, bn_params, X, delta, *, stride=1, pa
                              - (stats.gram @ to_x_hat) * (totals["gamma"] / stats.count))
     db = centred_grads[-1]
     dW = (centred_grads[:-1] + stats.shift[:, None] * db).reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
-    conv_grads = {"W": dW.astype(W.dtype), "b": db.astype(W.dtype)}
+    conv_grads = {"W": dW.astype(dtypes["W"]), "b": db.astype(dtypes["b"])}
     bn_grads = {k: v.astype(bn_params[k].dtype) for k, v in bn_grads.items()}
     if not input_grad:
         return conv_grads, bn_grads, None
@@ -83,4 +84,4 @@ def conv2d_batch_norm_backward(conv_params, bn_params, X, delta, *, stride=1, pa
     delta_z = scale * (delta - totals["beta"] / stats.count - x_hat * (totals["gamma"] / stats.count))
     delta_z = delta_z.astype(X.dtype).reshape(X.shape[0], *out_hw, c_out)
     dX = conv2d_input_grad(W, delta_z, X.shape[1:3], stride, pads, "HWC")
-    return conv_grads, bn_grads, from_channels_last(dX, layout)
+    return conv_grads, bn_grads, from_channels_last(dX, layout).astype(dtypes["X"])
