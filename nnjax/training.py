@@ -1146,11 +1146,6 @@ def epoch_batches(key, n_train: int, steps: int, batch_size: int) -> np.ndarray:
     return order.reshape(steps, batch_size).astype(np.int32)
 
 
-def _epoch_batches_on(devices: int, key, n_train: int, steps: int, batch_size: int):
-    """`epoch_batches`, put on the devices (`replicate`)."""
-    return replicate(epoch_batches(key, n_train, steps, batch_size), devices)
-
-
 class _Compiled(NamedTuple):
     batches: Callable
     """epoch key -> (steps, B) example indices on the devices, `epoch_batches`."""
@@ -1168,8 +1163,8 @@ def _compile_run(model: Model, optimizer, config: TrainConfig, epoch_mode: str, 
                  run: _RunState, data: _Data, eval_set: _EvalSet) -> _Compiled:
     """Compiles the epoch's step or scan and the evaluation, ahead of time."""
     steps, batch_size = config.steps_per_epoch, config.batch_size
-    batches = functools.partial(_epoch_batches_on, devices, n_train=config.n_train, steps=steps,
-                                batch_size=batch_size)
+    def batches(key):
+        return replicate(epoch_batches(key, config.n_train, steps, batch_size), devices)
     example_batches = batches(run.shuffle_key)
     carry = replicate((run.params, run.opt_state, run.model_state, jnp.int32(0)), devices)
     batch_step = make_batch_step(model, optimizer, config.grads, config.label_smoothing, devices,

@@ -294,14 +294,14 @@ def _blocks_backward(params, X, cache, delta, num_blocks, device_axis):
         delta = jax.vmap(lambda a, d: max_pool2d_backward(a, d, POOL_WINDOW, layout=_LAYOUT))(
             cache[f"bn{i}"], delta)
         conv_input = cache[f"pool{i - 1}"] if i > 1 else X
-        if f"conv{i}" in cache:
-            grads[f"bn{i}"], delta = batch_norm_batch_backward(params[f"bn{i}"], cache[f"conv{i}"], delta,
-                                                               device_axis=device_axis, layout=_LAYOUT)
-            grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
-        else:  # the forward ran conv and batch norm as one layer (conv2d_batch_norm_fast)
+        if conv2d_batch_norm_pays(params[f"conv{i}"]["W"]):  # as the forward ran it: one layer
             grads[f"conv{i}"], grads[f"bn{i}"], delta = conv2d_batch_norm_backward(
                 params[f"conv{i}"], params[f"bn{i}"], conv_input, delta, device_axis=device_axis,
                 layout=_LAYOUT, input_grad=i > 1)
+        else:
+            grads[f"bn{i}"], delta = batch_norm_batch_backward(params[f"bn{i}"], cache[f"conv{i}"], delta,
+                                                               device_axis=device_axis, layout=_LAYOUT)
+            grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
     return grads
 
 
