@@ -449,6 +449,13 @@ def _dense_case() -> Case:
                        {"W": (3, 4), "b": (3,)}, (4,))
 
 
+def _dense_batch_case() -> Case:
+    return _layer_case("dense_batch_backward", "batch 5, n_in=4, n_out=3",
+                       lambda params, X: jax.vmap(layers.dense, in_axes=(None, 0))(params, X),
+                       lambda params, X, Delta: backprop.dense_batch_backward(params, X, Delta),
+                       {"W": (3, 4), "b": (3,)}, (5, 4))
+
+
 def _conv_case(c_in: int, c_out: int, kernel: tuple, hw: tuple, stride, padding) -> Case:
     return _layer_case(
         "conv2d_backward",
@@ -589,6 +596,7 @@ CASES: list[Case] = [
     _softmax_cross_entropy_case(),
     _mse_case(),
     _dense_case(),
+    _dense_batch_case(),
     _mlp_backward_case("softmax_cross_entropy"),
     _mlp_backward_case("mse"),
     _mlp_grads_case("relu"),

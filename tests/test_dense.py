@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from nnjax.backprop import dense_backward
+from nnjax.backprop import dense_backward, dense_batch_backward
 from nnjax.layers import INITS, dense, dense_init, init_variance, init_weights
 
 
@@ -25,10 +25,12 @@ def layer64(seed, n_in, n_out):
 
 @jax.jit
 def manual_and_autodiff_batch_grads(params, X, Delta):
-    """dense_backward summed over a batch, and jax.grad of sum(Z * Delta), in one compiled call."""
+    """dense_backward summed over a batch, dense_batch_backward, and jax.grad of sum(Z * Delta),
+    in one compiled call."""
     grads, dX = jax.vmap(dense_backward, in_axes=(None, 0, 0))(params, X, Delta)
     loss = lambda p, inputs: jnp.sum(jax.vmap(dense, in_axes=(None, 0))(p, inputs) * Delta)
-    return (jax.tree.map(lambda g: g.sum(0), grads), dX), jax.grad(loss, argnums=(0, 1))(params, X)
+    return ((jax.tree.map(lambda g: g.sum(0), grads), dX), dense_batch_backward(params, X, Delta),
+            jax.grad(loss, argnums=(0, 1))(params, X))
 
 
 def test_dense_is_w_times_x_plus_b():
@@ -90,11 +92,12 @@ def test_dense_backward_summed_over_a_batch_equals_autodiff(x64, n_in, n_out, m,
     params, _, _ = layer64(seed, n_in, n_out)
     rng = np.random.default_rng(seed + 1)
     X, Delta = jnp.asarray(rng.normal(size=(m, n_in))), jnp.asarray(rng.normal(size=(m, n_out)))
-    (grads, dX), (auto_params, auto_X) = manual_and_autodiff_batch_grads(params, X, Delta)
-    np.testing.assert_allclose(grads["W"], auto_params["W"], rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(grads["b"], auto_params["b"], rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(dX, auto_X, rtol=1e-12, atol=1e-13)
-    assert grads["W"].shape == (n_out, n_in) and dX.shape == (m, n_in)
+    per_example, batch, (auto_params, auto_X) = manual_and_autodiff_batch_grads(params, X, Delta)
+    for grads, dX in (per_example, batch):
+        np.testing.assert_allclose(grads["W"], auto_params["W"], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(grads["b"], auto_params["b"], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(dX, auto_X, rtol=1e-12, atol=1e-13)
+        assert grads["W"].shape == (n_out, n_in) and dX.shape == (m, n_in)
 
 
 def test_everything_runs_under_jit_and_vmap():
@@ -127,6 +130,12 @@ def test_errors_name_function_argument_expected_and_actual():
         dense_backward(params, jnp.zeros(5), jnp.zeros(4))
     with pytest.raises(AssertionError, match=r"dense_backward: x has shape \(3,\), expected \(5,\) = \(n_in,\)"):
         dense_backward(params, jnp.zeros(3), jnp.zeros(3))
+    with pytest.raises(AssertionError, match=r"dense_batch_backward: A has shape \(5,\) \(rank 1\), expected rank 2: \(m, n_in\)"):
+        dense_batch_backward(params, jnp.zeros(5), jnp.zeros((1, 3)))
+    with pytest.raises(AssertionError, match=r"dense_batch_backward: A has shape \(2, 4\), expected \(\?, 5\) = \(m, n_in\) to match W of shape \(3, 5\)"):
+        dense_batch_backward(params, jnp.zeros((2, 4)), jnp.zeros((2, 3)))
+    with pytest.raises(AssertionError, match=r"dense_batch_backward: Delta has shape \(2, 4\), expected \(2, 3\) = \(m, n_out\)"):
+        dense_batch_backward(params, jnp.zeros((2, 5)), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"dense_init: init='glorot' is not allowed; expected one of \['he', 'xavier', 'lecun', 'zeros'\]"):
         dense_init(jax.random.key(0), 3, 2, "glorot")
     with pytest.raises(ValueError, match=r"dense_init: n_out must be a positive int \(>= 1\), got 0"):

@@ -2,7 +2,7 @@
 
 Each `*_backward` takes the upstream gradient delta = dL/d(output) of ONE example and returns
 `(param_grads, dx)`, or `dx` alone for layers without parameters. The batch-level forms, for
-speed, take a whole batch: `batch_norm_batch_backward`, `conv2d_weight_grad`,
+speed, take a whole batch: `dense_batch_backward`, `batch_norm_batch_backward`, `conv2d_weight_grad`,
 `conv2d_param_grads`, `conv2d_input_grad`, `conv2d_batch_norm_backward` (parameter gradients
 summed over the batch).
 """

@@ -55,6 +55,7 @@ from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
+from nnjax.backprop.dense import dense_batch_backward
 from nnjax.backprop.custom_vjp import (
     batch_norm_batch_fast, conv2d_batch_fast, conv2d_batch_norm_fast, max_pool2d_fast,
 )
@@ -257,12 +258,6 @@ def cnn_forward(params, state, x, *, train, axis_name="batch"):
     return logits, new_state, {**cache, **maps}
 
 
-def _dense_batch_backward(params, A, Delta):
-    """A dense layer's backward on a batch (rows are examples): dW = Delta^T A, db = sum of rows,
-    dA = Delta W. A: (m, n_in), Delta: (m, n_out)."""
-    return {"W": Delta.T @ A, "b": jnp.sum(Delta, axis=0)}, Delta @ params["W"]
-
-
 def _conv_batch_backward(params, X, Delta, input_grad: bool):
     """A valid, stride-1 conv layer's backward on a channels-last batch, each gradient ONE
     convolution.
@@ -327,10 +322,10 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     logits, new_state, cache = _forward("cnn_grads", params, state, X, True, batch=True, device_axis=device_axis)
     grads = {}
     delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
-    grads["dense2"], delta = _dense_batch_backward(params["dense2"], cache["hidden"], delta)
+    grads["dense2"], delta = dense_batch_backward(params["dense2"], cache["hidden"], delta)
     delta = activation_backward("relu", cache["dense1"], delta)
     pooled = cache[f"pool{num_blocks}"]
-    dense1_grads, delta = _dense_batch_backward(_dense1_channels_last(params["dense1"], pooled.shape[1:]),
+    dense1_grads, delta = dense_batch_backward(_dense1_channels_last(params["dense1"], pooled.shape[1:]),
                                                 cache["flat"], delta)
     grads["dense1"] = {"W": _dense1_channels_first_grad(dense1_grads["W"], pooled.shape[1:]),
                        "b": dense1_grads["b"]}

@@ -10,25 +10,18 @@ With z^[l] = W^[l] a^[l-1] + b^[l], a^[l] = sigma(z^[l]) and delta^[l] = dL/dz^[
 whole batch at once: the rows of Delta^[l] (m, n_l) are the examples' delta^[l], and
 dL/dW^[l] = (Delta^[l])^T A^[l-1] / m sums the m outer products delta a^T in one matrix
 product, as the chapter's `backward` does with examples stored as columns.
-
-(Delta^[l])^T is written out as its own (n_l, m) array before that product. On a CPU, XLA
-hands a product to its fastest kernels (YNNPACK) only when the left operand is stored row by
-row; left as a transpose, it folds into the product and the weight gradient runs on slower
-ones (Eigen). `lax.optimization_barrier` keeps XLA from folding it back. On a 2-core Xeon
-(jax 0.10.2) the MLP's SGD step took 2.79 against 3.26 ms at batch 1024, 1.68 against 1.96
-at 512 (median of 8-16 alternating scan epochs); level at 128 (0.59-0.60 against 0.60-0.63).
+(`nnjax.backprop.dense_batch_backward`).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import jax.numpy as jnp
-from jax import lax
 
 from nnjax._checks import check_choice, check_rank, check_shape
 from nnjax.activations import activation_name, get_activation, relu
 from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
-from nnjax.backprop.dense import dense_backward
+from nnjax.backprop.dense import dense_backward, dense_batch_backward
 from nnjax.layers.dense import check_dense_stack, dense
 
 __all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_logits_and_grads", "mlp_grads_mse"]
@@ -108,9 +101,10 @@ def _batch_grads(fn: str, params, X, Y, activation, loss: str):
     Delta = LOSSES[loss](Zs[-1], Y) / X.shape[0]
     grads = []
     for l in reversed(range(len(params))):
-        grads.insert(0, {"W": lax.optimization_barrier(Delta.T) @ As[l], "b": jnp.sum(Delta, axis=0)})
+        layer_grads, upstream = dense_batch_backward(params[l], As[l], Delta)
+        grads.insert(0, layer_grads)
         if l > 0:
-            Delta = (Delta @ params[l]["W"]) * sigma_prime(Zs[l - 1])
+            Delta = upstream * sigma_prime(Zs[l - 1])
     return Zs[-1], grads
 
 
