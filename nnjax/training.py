@@ -56,7 +56,7 @@ from nnjax.backprop import cnn_logits_and_grads, mlp_logits_and_grads
 from nnjax.data import load_mnist
 from nnjax.gradcheck import compare
 from nnjax.losses import softmax_cross_entropy
-from nnjax.network import cnn_apply_batch, cnn_init, mlp_init, mlp_logits
+from nnjax.network import cnn_apply_batch, cnn_init, mlp_init, mlp_logits_batch
 
 __all__ = [
     "NUM_CLASSES", "MNIST_MEAN", "MNIST_STD", "GRAD_SOURCES", "EPOCH_MODES", "OPTIMIZERS",
@@ -187,7 +187,8 @@ def _standardize(images):
 
 
 def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
-    """The chapter's MLP (`nnjax.network.mlp_logits`) on flattened, standardized images.
+    """The chapter's MLP (`nnjax.network.mlp_logits`, run on the batch as `mlp_logits_batch`)
+    on flattened, standardized images.
 
     Args:
       sizes: layer widths ``[n_0, ..., n_L]``; ``n_0 = 784`` and ``n_L = 10``.
@@ -204,13 +205,11 @@ def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
                          f"end with {NUM_CLASSES} (classes)")
     name = activation_name(activation, "mlp_model")
     sigma = get_activation(name, "mlp_model")[0]
-    batched_logits = jax.vmap(mlp_logits, in_axes=(None, 0, None))
-
     def init_fn(key):
         return mlp_init(key, list(sizes), init=init), {}
 
     def apply(params, state, inputs, train, device_axis=None):
-        return batched_logits(params, inputs, sigma), state
+        return mlp_logits_batch(params, inputs, sigma), state
 
     def manual_grads(params, state, inputs, targets, device_axis=None):
         logits, grads = mlp_logits_and_grads(params, inputs, targets, sigma)

@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnjax.backprop.custom_vjp import avg_pool2d_fast, batch_norm_batch_fast, conv2d_fast, max_pool2d_fast
+from nnjax.backprop.custom_vjp import (
+    avg_pool2d_fast, batch_norm_batch_fast, conv2d_fast, dense_batch_fast, max_pool2d_fast,
+)
 from nnjax.backprop.pooling import max_pool2d_backward
 from nnjax.layers.conv import conv2d, conv2d_init
+from nnjax.layers.dense import dense
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, max_pool2d
 
@@ -71,6 +74,7 @@ def test_max_pool2d_fast_gradient_is_the_hand_derived_tie_rule():
     (conv2d_fast, conv2d, ({"W": jnp.ones((3, 2, 3, 3)), "b": jnp.zeros(3)}, jnp.ones((2, 5, 5)))),
     (max_pool2d_fast, max_pool2d, (jnp.ones((2, 4, 4)),)),
     (avg_pool2d_fast, avg_pool2d, (jnp.ones((2, 4, 4)),)),
+    (dense_batch_fast, jax.vmap(dense, in_axes=(None, 0)), ({"W": jnp.ones((3, 4)), "b": jnp.zeros(3)}, jnp.ones((5, 4)))),
 ])
 def test_fast_layers_are_custom_vjp_calls(fast, plain, args):
     assert "custom_vjp_call" in str(jax.make_jaxpr(fast)(*args))
@@ -123,6 +127,11 @@ def test_errors_name_the_fast_function():
         max_pool2d_fast(jnp.ones((2, 7, 7)), 9)
     with pytest.raises(ValueError, match="avg_pool2d_fast: stride must be >= 1"):
         avg_pool2d_fast(jnp.ones((2, 7, 7)), 2, 0)
+    dense_params = {"W": jnp.ones((3, 4)), "b": jnp.zeros(3)}
+    with pytest.raises(AssertionError, match=r"dense_batch_fast: A has shape \(4,\) \(rank 1\), expected rank 2: \(m, n_in\)"):
+        dense_batch_fast(dense_params, jnp.ones(4))
+    with pytest.raises(AssertionError, match=r"dense_batch_fast: A has shape \(2, 5\), expected \(\?, 4\) = \(m, n_in\)"):
+        dense_batch_fast(dense_params, jnp.ones((2, 5)))
 
 
 def test_forward_mode_is_not_defined():
@@ -155,3 +164,21 @@ def test_batch_norm_batch_fast_equals_vmapped_batch_norm_and_its_vjp(x64, layout
     np.testing.assert_allclose(dX_fast, dX, rtol=1e-10, atol=1e-12)
     for name in ("gamma", "beta"):
         np.testing.assert_allclose(grads_fast[name], grads[name], rtol=1e-10, atol=1e-12)
+
+
+def test_dense_batch_fast_equals_the_vmapped_layer_and_its_vjp(x64):
+    rng = np.random.default_rng(7)
+    params = {"W": jnp.asarray(rng.normal(size=(3, 5))), "b": jnp.asarray(rng.normal(size=3))}
+    A, delta = jnp.asarray(rng.normal(size=(6, 5))), jnp.asarray(rng.normal(size=(6, 3)))
+    Z, vjp = jax.vjp(jax.vmap(dense, in_axes=(None, 0)), params, A)
+    Z_fast, vjp_fast = jax.vjp(jax.jit(dense_batch_fast), params, A)
+    np.testing.assert_allclose(Z_fast, Z, rtol=1e-12)
+    for got, want in zip(jax.tree.leaves(vjp_fast(delta)), jax.tree.leaves(vjp(delta))):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_dense_batch_fast_gradients_keep_their_inputs_dtypes():
+    params = {"W": random((3, 5), 1, jnp.bfloat16), "b": random((3,), 2, jnp.bfloat16)}
+    grads = jax.grad(lambda p, A: jnp.sum(dense_batch_fast(p, A).astype(jnp.float32)), argnums=(0, 1))(
+        params, random((4, 5), 3, jnp.bfloat16))
+    assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.bfloat16)}

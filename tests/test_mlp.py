@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nnjax.activations import relu, tanh
-from nnjax.network import mlp_activations, mlp_forward, mlp_init, mlp_logits
+from nnjax.network import mlp_activations, mlp_forward, mlp_init, mlp_logits, mlp_logits_batch
 
 SIZES = [4, 6, 5, 3]
 
@@ -121,3 +121,29 @@ def test_forward_errors_name_function_argument_expected_and_actual(fn):
         fn(params, jnp.zeros(4), "gelu")
     with pytest.raises(TypeError, match=rf"{name}: activation must be a callable"):
         fn(params, jnp.zeros(4), 1.5)
+
+
+def test_logits_batch_equals_vmapped_logits_and_autodiff_of_them(x64):
+    params = with_bias(mlp_init(jax.random.key(0), SIZES, dtype=jnp.float64))
+    X = jnp.asarray(np.random.default_rng(1).normal(size=(7, SIZES[0])))
+    vmapped = jax.vmap(mlp_logits, in_axes=(None, 0, None))
+    np.testing.assert_allclose(mlp_logits_batch(params, X, tanh), vmapped(params, X, tanh), rtol=1e-12)
+
+    def loss(logits_fn):
+        return lambda params, X: jnp.sum(jnp.sin(logits_fn(params, X, tanh)))
+
+    fast = jax.jit(jax.grad(loss(mlp_logits_batch), argnums=(0, 1)))(params, X)
+    plain = jax.grad(loss(vmapped), argnums=(0, 1))(params, X)
+    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert str(jax.make_jaxpr(mlp_logits_batch)(params, X)).count("custom_vjp_call") == len(SIZES) - 1
+
+
+def test_logits_batch_errors_name_the_argument():
+    params = mlp_init(jax.random.key(0), SIZES)
+    with pytest.raises(AssertionError, match=r"mlp_logits_batch: X has shape \(4,\) \(rank 1\), expected rank 2: \(m, n_0\)"):
+        mlp_logits_batch(params, jnp.zeros(4))
+    with pytest.raises(AssertionError, match=r"mlp_logits_batch: X has shape \(2, 5\), expected \(\?, 4\) = \(m, n_0\) to match params\[0\]\['W'\] of shape \(6, 4\)"):
+        mlp_logits_batch(params, jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"mlp_logits_batch: activation='gelu' is not allowed"):
+        mlp_logits_batch(params, jnp.zeros((2, 4)), "gelu")

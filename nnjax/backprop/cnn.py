@@ -57,7 +57,7 @@ from nnjax.backprop.conv import conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
 from nnjax.backprop.dense import dense_batch_backward
 from nnjax.backprop.custom_vjp import (
-    batch_norm_batch_fast, conv2d_batch_fast, conv2d_batch_norm_fast, max_pool2d_fast,
+    batch_norm_batch_fast, conv2d_batch_fast, conv2d_batch_norm_fast, dense_batch_fast, max_pool2d_fast,
 )
 from nnjax.backprop.normalization import BATCH_AXIS as _AXIS
 from nnjax.backprop.normalization import batch_axes, batch_norm_batch_backward
@@ -196,9 +196,9 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     public function `fn` in error messages.
 
     With batch=True, x is a batch (m, C, H, W) and every cached value gets a leading batch
-    axis: the convolutions run batch-level (`_conv_batch`), batch norm in training on the
-    whole batch (`batch_norm_batch_fast`, over "batch" and `device_axis`), the other layers per
-    example under `jax.vmap`; `axis_name` is then `batch_axes(device_axis)`. Two things differ
+    axis: the convolutions and dense layers run batch-level (`_conv_batch`, `dense_batch_fast`),
+    batch norm in training on the whole batch (`batch_norm_batch_fast`, over "batch" and
+    `device_axis`), the other layers per example under `jax.vmap`; `axis_name` is then `batch_axes(device_axis)`. Two things differ
     in the batch cache, for speed: "flat" is the (H, W, C) flattening, multiplied by
     `_dense1_channels_last`'s weights (no activation is transposed); and each block pools
     before its ReLU, ReLU(maxpool(u)) = maxpool(ReLU(u)) (max commutes with a non-decreasing
@@ -236,9 +236,10 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     else:
         dense1 = params["dense1"]
         cache["flat"] = to_channels_first(h, _LAYOUT).reshape(-1)
-    cache["dense1"] = each(lambda f: dense(dense1, f))(cache["flat"])
+    linear = dense_batch_fast if batch else dense
+    cache["dense1"] = linear(dense1, cache["flat"])
     cache["hidden"] = relu(cache["dense1"])
-    cache["logits"] = each(lambda a: dense(params["dense2"], a))(cache["hidden"])
+    cache["logits"] = linear(params["dense2"], cache["hidden"])
     return cache["logits"], (new_state if train else state), cache
 
 

@@ -27,7 +27,10 @@ contracts the batch inside one convolution; for wide layers at small batches the
 `nnjax.layers.conv2d_batch` and the backward the batch-level `conv2d_param_grads` (the batch
 contracted inside im2col products) and `conv2d_input_grad`. The CNN uses it.
 `batch_norm_batch_fast` does the same for batch norm, whose per-example `custom_vjp` could
-not reach the batch statistics.
+not reach the batch statistics, and `dense_batch_fast` for the dense layer, whose batch-level
+backward hands XLA its weight gradient in the form the fastest CPU kernels take
+(`dense_batch_backward`); the MLP's batch forward (`nnjax.network.mlp_logits_batch`) and the
+CNN's dense layers use it.
 
 Only reverse mode is defined: `jax.jvp`/`jax.jacfwd` through these functions raise TypeError.
 """
@@ -36,21 +39,67 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-
 import jax.numpy as jnp
+
+from nnjax._checks import check_rank, check_shape
 
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
+from nnjax.backprop.dense import dense_batch_backward
 from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
 from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d_batch, conv2d_channels_last
 from nnjax.layers.conv_norm import conv2d_batch_norm
+from nnjax.layers.dense import check_dense_params, dense
 from nnjax.layers.layout import spatial_shape
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d, max_pool2d_blocks
 
-__all__ = ["conv2d_fast", "conv2d_batch_fast", "batch_norm_batch_fast", "conv2d_batch_norm_fast",
+__all__ = ["dense_batch_fast", "conv2d_fast", "conv2d_batch_fast", "batch_norm_batch_fast", "conv2d_batch_norm_fast",
            "max_pool2d_fast", "avg_pool2d_fast"]
+
+
+@jax.custom_vjp
+def _dense_batch(params, A):
+    return jax.vmap(dense, in_axes=(None, 0))(params, A)
+
+
+def _dense_batch_forward(params, A):
+    return _dense_batch(params, A), (params, A)
+
+
+def _dense_batch_backward(residuals, Delta):
+    params, A = residuals
+    grads, dA = dense_batch_backward(params, A, Delta)
+    return {k: grads[k].astype(params[k].dtype) for k in grads}, dA.astype(A.dtype)
+
+
+_dense_batch.defvjp(_dense_batch_forward, _dense_batch_backward)
+
+
+def dense_batch_fast(params, A):
+    """`nnjax.layers.dense` on a batch of rows, whose gradient is `dense_batch_backward`.
+
+    The same values as `jax.vmap(dense, in_axes=(None, 0))(params, A)`, Z = A W^T + b; under
+    `jax.grad` the backward is dW = Delta^T A (Delta^T written out first, so that XLA's CPU
+    backend runs the product on its fastest kernels), db = sum of Delta's rows, dA = Delta W.
+    Autodiff of the vmapped layer contracts the batch with Delta transposed inside the
+    product, which XLA runs on slower kernels: the MLP's autodiff SGD step on a 2-core Xeon
+    took 3.64 ms through this layer against 4.14 through the vmapped `dense` at batch 1024,
+    0.71 against 0.77 ms at 128 (median of 12 alternating scan epochs).
+
+    Args:
+      params: {"W": (n_out, n_in), "b": (n_out,)}.
+      A: the inputs, (m, n_in), one example per row.
+
+    Returns:
+      Z, (m, n_out).
+    """
+    n_out, n_in = check_dense_params("dense_batch_fast", params)
+    A = jnp.asarray(A)
+    check_rank("dense_batch_fast", "A", A, 2, "(m, n_in): one example per row")
+    check_shape("dense_batch_fast", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
+    return _dense_batch(params, A)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
