@@ -205,6 +205,7 @@ def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
                          f"end with {NUM_CLASSES} (classes)")
     name = activation_name(activation, "mlp_model")
     sigma = get_activation(name, "mlp_model")[0]
+
     def init_fn(key):
         return mlp_init(key, list(sizes), init=init), {}
 

@@ -198,11 +198,12 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     With batch=True, x is a batch (m, C, H, W) and every cached value gets a leading batch
     axis: the convolutions and dense layers run batch-level (`_conv_batch`, `dense_batch_fast`),
     batch norm in training on the whole batch (`batch_norm_batch_fast`, over "batch" and
-    `device_axis`), the other layers per example under `jax.vmap`; `axis_name` is then `batch_axes(device_axis)`. Two things differ
-    in the batch cache, for speed: "flat" is the (H, W, C) flattening, multiplied by
-    `_dense1_channels_last`'s weights (no activation is transposed); and each block pools
-    before its ReLU, ReLU(maxpool(u)) = maxpool(ReLU(u)) (max commutes with a non-decreasing
-    function), so the ReLU and its backward run on a map 4x smaller and there is no "relu{i}".
+    `device_axis`), the other layers per example under `jax.vmap`; `axis_name` is then
+    `batch_axes(device_axis)`. Two things differ in the batch cache, for speed: "flat" is the
+    (H, W, C) flattening, multiplied by `_dense1_channels_last`'s weights (no activation is
+    transposed); and each block pools before its ReLU, ReLU(maxpool(u)) = maxpool(ReLU(u))
+    (max commutes with a non-decreasing function), so the ReLU and its backward run on a map
+    4x smaller and there is no "relu{i}".
     In training, the blocks `conv2d_batch_norm_pays` picks run as one layer,
     `conv2d_batch_norm_fast`, and have no "conv{i}" (z_i is never formed).
     """
@@ -327,7 +328,7 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     delta = activation_backward("relu", cache["dense1"], delta)
     pooled = cache[f"pool{num_blocks}"]
     dense1_grads, delta = dense_batch_backward(_dense1_channels_last(params["dense1"], pooled.shape[1:]),
-                                                cache["flat"], delta)
+                                               cache["flat"], delta)
     grads["dense1"] = {"W": _dense1_channels_first_grad(dense1_grads["W"], pooled.shape[1:]),
                        "b": dense1_grads["b"]}
     delta = delta.reshape(pooled.shape)

@@ -42,7 +42,6 @@ import jax
 import jax.numpy as jnp
 
 from nnjax._checks import check_rank, check_shape
-
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
 from nnjax.backprop.dense import dense_batch_backward

@@ -9,7 +9,7 @@ With z^[l] = W^[l] a^[l-1] + b^[l], a^[l] = sigma(z^[l]) and delta^[l] = dL/dz^[
 `mlp_backward` follows these lines for one example. `mlp_grads` runs the same recursion on a
 whole batch at once: the rows of Delta^[l] (m, n_l) are the examples' delta^[l], and
 dL/dW^[l] = (Delta^[l])^T A^[l-1] / m sums the m outer products delta a^T in one matrix
-product, as the chapter's `backward` does with examples stored as columns.
+product, as the chapter's `backward` does with examples stored as columns
 (`nnjax.backprop.dense_batch_backward`).
 """
 from __future__ import annotations
