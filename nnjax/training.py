@@ -905,6 +905,13 @@ def compare_gradient_sources(model: Model, params, state, inputs, targets,
                              repeats: int = 10) -> dict:
     """Autodiff vs hand-derived gradients on one batch: agreement and time per call.
 
+    The two sources `train` can step with: ``jax.value_and_grad`` of the model's loss (whose
+    layers include nnjax's `jax.custom_vjp` layers, `dense_batch_fast` and the CNN's
+    batch-level convolutions, batch norm and pooling, so autodiff chains their hand-derived
+    backwards) and the model's whole hand-derived backward (`mlp_grads`, `cnn_grads`). The
+    check of the hand-derived formulas against autodiff of the plain layers alone is
+    ``python -m nnjax.gradcheck`` (`nnjax.network.cnn_loss_plain`, the vmapped `mlp_logits`).
+
     Args:
       model: a `Model` with `manual_grads`.
       params, state: the network.
