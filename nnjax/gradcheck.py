@@ -452,8 +452,7 @@ def _dense_case() -> Case:
 def _dense_batch_case() -> Case:
     return _layer_case("dense_batch_backward", "batch 5, n_in=4, n_out=3",
                        lambda params, X: jax.vmap(layers.dense, in_axes=(None, 0))(params, X),
-                       lambda params, X, Delta: backprop.dense_batch_backward(params, X, Delta),
-                       {"W": (3, 4), "b": (3,)}, (5, 4))
+                       backprop.dense_batch_backward, {"W": (3, 4), "b": (3,)}, (5, 4))
 
 
 def _conv_case(c_in: int, c_out: int, kernel: tuple, hw: tuple, stride, padding) -> Case:
