@@ -87,3 +87,15 @@ def check_float_array(fn: str, arg: str, x):
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{fn}: {arg} must be a floating-point array, got dtype {x.dtype}")
     return x
+
+
+def check_float_dtype(fn: str, arg: str, dtype):
+    """Returns `dtype` (a name such as "bfloat16" or a dtype) as a jnp floating dtype; raises
+    TypeError naming `arg` for anything else."""
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+        raise TypeError(f"{fn}: {arg} must be a floating dtype such as 'bfloat16' or 'float32', got {dtype!r}")
+    return resolved

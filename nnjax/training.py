@@ -163,6 +163,11 @@ class Model:
         new_state)``, the hand-derived gradients of the mean softmax cross-entropy and the
         logits of the forward pass they ran, or None if there are none.
       describe: settings recorded in the run's config (and checked on ``--resume``).
+      mixed_grads: ``(params, state, inputs, targets, device_axis=None, *, compute_dtype)
+        -> (grads, logits, new_state)``, the hand-derived gradients in mixed precision done
+        inside the model (products on `compute_dtype` operands, the rest in float32), which
+        `make_batch_step` runs for ``grads="manual"`` with a compute dtype other than
+        float32; None to run `manual_grads` on `compute_dtype` copies instead.
     """
     kind: str
     init: Callable
@@ -170,6 +175,7 @@ class Model:
     prepare: Callable
     manual_grads: Callable | None
     describe: dict
+    mixed_grads: Callable | None = None
 
 
 _PIXEL_SCALE = 1.0 / (255.0 * MNIST_STD)
@@ -198,7 +204,7 @@ def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
 
     Returns:
       A `Model` whose manual gradients are `nnjax.backprop.mlp_grads` (through
-      `mlp_logits_and_grads`).
+      `mlp_logits_and_grads`), in mixed precision its ``compute_dtype`` form.
     """
     sizes = tuple(sizes)
     if len(sizes) < 2 or sizes[0] != 28 * 28 or sizes[-1] != NUM_CLASSES:
@@ -213,15 +219,16 @@ def mlp_model(sizes=(784, 128, 64, 10), activation="relu", init="he") -> Model:
     def apply(params, state, inputs, train, device_axis=None):
         return mlp_logits_batch(params, inputs, sigma), state
 
-    def manual_grads(params, state, inputs, targets, device_axis=None):
-        logits, grads = mlp_logits_and_grads(params, inputs, targets, sigma)
+    def manual_grads(params, state, inputs, targets, device_axis=None, *, compute_dtype=None):
+        logits, grads = mlp_logits_and_grads(params, inputs, targets, sigma, compute_dtype)
         return grads, logits, state
 
     def prepare(images):
         return _standardize(images).reshape(images.shape[0], -1)
 
     return Model("mlp", init_fn, apply, prepare, manual_grads,
-                 {"model": "mlp", "sizes": list(sizes), "activation": name, "init": init})
+                 {"model": "mlp", "sizes": list(sizes), "activation": name, "init": init},
+                 mixed_grads=manual_grads)
 
 
 def cnn_model(channels=(32, 64), hidden=128) -> Model:
@@ -688,12 +695,21 @@ def _cast_floats(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def _gradient_in(model: Model, grads: str, compute_dtype: str) -> Callable:
+    """`_gradient_fn` in `compute_dtype`: float32 as it is; otherwise the model's own mixed
+    precision (`Model.mixed_grads`) for hand-derived gradients where it has one, else
+    `_in_compute_dtype`."""
+    if compute_dtype == "float32":
+        return _gradient_fn(model, grads)
+    if grads == "manual" and model.mixed_grads is not None:
+        return functools.partial(model.mixed_grads, compute_dtype=compute_dtype)
+    return _in_compute_dtype(_gradient_fn(model, grads), compute_dtype)
+
+
 def _in_compute_dtype(gradient: Callable, compute_dtype: str) -> Callable:
     """`gradient` run on `compute_dtype` copies of the parameters, inputs and targets, its
     gradients and batch-norm state cast back to the dtypes of the parameters and state it was
-    given (mixed precision); float32 runs it as it is."""
-    if compute_dtype == "float32":
-        return gradient
+    given (mixed precision)."""
     dtype = jnp.dtype(compute_dtype)
 
     def mixed(params, state, inputs, targets, device_axis=None):
@@ -728,7 +744,7 @@ def make_batch_step(model: Model, optimizer: optax.GradientTransformation, grads
       run it.
     """
     check_choice("make_batch_step", "compute_dtype", compute_dtype, COMPUTE_DTYPES)
-    gradient = _in_compute_dtype(_gradient_fn(model, grads), compute_dtype)
+    gradient = _gradient_in(model, grads, compute_dtype)
 
     def batch_gradients(params, state, images, labels, batch, device_axis):
         labels = labels[batch]
