@@ -41,7 +41,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_rank, check_shape
+from nnjax._checks import check_float_dtype, check_rank, check_shape
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
 from nnjax.backprop.dense import dense_batch_backward
@@ -49,7 +49,7 @@ from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batc
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
 from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d_batch, conv2d_channels_last
 from nnjax.layers.conv_norm import conv2d_batch_norm
-from nnjax.layers.dense import check_dense_params, dense
+from nnjax.layers.dense import check_dense_params, dense, dense_batch_mixed
 from nnjax.layers.layout import spatial_shape
 from nnjax.layers.normalization import batch_norm
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d, max_pool2d_blocks
@@ -58,25 +58,30 @@ __all__ = ["dense_batch_fast", "conv2d_fast", "conv2d_batch_fast", "batch_norm_b
            "max_pool2d_fast", "avg_pool2d_fast"]
 
 
-@jax.custom_vjp
-def _dense_batch(params, A):
-    return jax.vmap(dense, in_axes=(None, 0))(params, A)
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dense_batch(compute_dtype, params, A):
+    if compute_dtype is None:
+        return jax.vmap(dense, in_axes=(None, 0))(params, A)
+    return dense_batch_mixed(params, A, compute_dtype)
 
 
-def _dense_batch_forward(params, A):
-    return _dense_batch(params, A), (params, A)
+def _dense_batch_forward(compute_dtype, params, A):
+    """Saves A in `compute_dtype` (the backward's products cast it anyway) and an empty array
+    of A's own dtype, the dtype dA must come back in."""
+    saved = A if compute_dtype is None else A.astype(compute_dtype)
+    return _dense_batch(compute_dtype, params, A), (params, saved, jnp.zeros((0,), A.dtype))
 
 
-def _dense_batch_backward(residuals, Delta):
-    params, A = residuals
-    grads, dA = dense_batch_backward(params, A, Delta)
-    return {k: grads[k].astype(params[k].dtype) for k in grads}, dA.astype(A.dtype)
+def _dense_batch_backward(compute_dtype, residuals, Delta):
+    params, A, A_dtype = residuals
+    grads, dA = dense_batch_backward(params, A, Delta, compute_dtype)
+    return {k: grads[k].astype(params[k].dtype) for k in grads}, dA.astype(A_dtype.dtype)
 
 
 _dense_batch.defvjp(_dense_batch_forward, _dense_batch_backward)
 
 
-def dense_batch_fast(params, A):
+def dense_batch_fast(params, A, compute_dtype=None):
     """`nnjax.layers.dense` on a batch of rows, whose gradient is `dense_batch_backward`.
 
     The same values as `jax.vmap(dense, in_axes=(None, 0))(params, A)`, Z = A W^T + b; under
@@ -87,18 +92,28 @@ def dense_batch_fast(params, A):
     took 3.64 ms through this layer against 4.14 through the vmapped `dense` at batch 1024,
     0.71 against 0.77 ms at 128 (median of 12 alternating scan epochs).
 
+    With a `compute_dtype` other than W's, mixed precision: the forward is
+    `nnjax.layers.dense.dense_batch_mixed` (the product on `compute_dtype` operands, summed in
+    W's dtype), the backward `dense_batch_backward` with the same `compute_dtype`, and the
+    saved input is A in `compute_dtype` (half the memory for bfloat16).
+
     Args:
       params: {"W": (n_out, n_in), "b": (n_out,)}.
       A: the inputs, (m, n_in), one example per row.
+      compute_dtype: None, or a floating dtype such as "bfloat16" for mixed precision.
 
     Returns:
-      Z, (m, n_out).
+      Z, (m, n_out), in W's dtype under mixed precision.
     """
     n_out, n_in = check_dense_params("dense_batch_fast", params)
     A = jnp.asarray(A)
     check_rank("dense_batch_fast", "A", A, 2, "(m, n_in): one example per row")
     check_shape("dense_batch_fast", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
-    return _dense_batch(params, A)
+    if compute_dtype is not None:
+        compute_dtype = check_float_dtype("dense_batch_fast", "compute_dtype", compute_dtype)
+        if compute_dtype == jnp.result_type(params["W"]):
+            compute_dtype = None
+    return _dense_batch(compute_dtype, params, A)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

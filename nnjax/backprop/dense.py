@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnjax._checks import check_rank, check_shape
-from nnjax.layers.dense import check_dense_params
+from nnjax._checks import check_float_dtype, check_rank, check_shape
+from nnjax.layers.dense import check_dense_params, mixed_matmul, written_transpose
 
 __all__ = ["dense_backward", "dense_batch_backward"]
 
@@ -38,7 +38,7 @@ def dense_backward(params, x, delta):
     return {"W": jnp.outer(delta, x), "b": delta}, W.T @ delta
 
 
-def dense_batch_backward(params, A, Delta):
+def dense_batch_backward(params, A, Delta, compute_dtype=None):
     """Gradients of a dense layer summed over a batch whose rows are examples.
 
     Row i of Delta is example i's delta, row i of A its input a, so the m outer products
@@ -55,10 +55,16 @@ def dense_batch_backward(params, A, Delta):
     (`lax.platform_dependent`) keep the plain Delta^T A: a GPU's matrix products take a
     transposed operand at full speed, and the extra pass was not measured there.
 
+    With a `compute_dtype` other than W's (mixed precision), both products take operands of
+    that dtype and sum in W's dtype, Delta^T written out by `nnjax.layers.dense.written_transpose`
+    (on every backend: a bfloat16 product needs it on a CPU); db stays in Delta's dtype.
+
     Args:
       params: {"W": (n_out, n_in), "b": (n_out,)}.
       A: the layer's inputs, shape (m, n_in).
       Delta: dL/dZ, shape (m, n_out).
+      compute_dtype: None (compute in the arrays' dtypes) or a floating dtype such as
+        "bfloat16" for the products' operands.
 
     Returns:
       ({"W": Delta^T A of shape (n_out, n_in), "b": shape (n_out,)}, Delta W of shape (m, n_in)).
@@ -69,6 +75,10 @@ def dense_batch_backward(params, A, Delta):
     check_shape("dense_batch_backward", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
     check_shape("dense_batch_backward", "Delta", Delta, (A.shape[0], n_out),
                 f" = (m, n_out) to match A of shape {A.shape} and W of shape {params['W'].shape}")
+    W = params["W"]
+    if compute_dtype is not None and check_float_dtype("dense_batch_backward", "compute_dtype", compute_dtype) != W.dtype:
+        dW = mixed_matmul(written_transpose(Delta), A, compute_dtype, W.dtype)
+        return {"W": dW, "b": jnp.sum(Delta, axis=0)}, mixed_matmul(Delta, W, compute_dtype, W.dtype)
     dW = lax.platform_dependent(Delta, A, cpu=lambda Delta, A: lax.optimization_barrier(Delta.T) @ A,
                                 default=lambda Delta, A: Delta.T @ A)
-    return {"W": dW, "b": jnp.sum(Delta, axis=0)}, Delta @ params["W"]
+    return {"W": dW, "b": jnp.sum(Delta, axis=0)}, Delta @ W

@@ -29,7 +29,7 @@ from nnjax._checks import check_choice, check_float_dtype, check_rank, check_sha
 from nnjax.activations import activation_name, get_activation, relu
 from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
 from nnjax.backprop.dense import dense_backward, dense_batch_backward
-from nnjax.layers.dense import check_dense_stack, dense
+from nnjax.layers.dense import check_dense_stack, dense, dense_batch_mixed, mixed_matmul, written_transpose
 
 __all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_logits_and_grads", "mlp_grads_mse"]
 
@@ -120,19 +120,6 @@ def _batch_grads(fn: str, params, X, Y, activation, loss: str, compute_dtype=Non
     return Zs[-1], grads
 
 
-def _written_transpose(M):
-    """M^T (c, r) for M (r, c), stored as its own row-major array.
-
-    A plain ``M.T`` that feeds a matrix product becomes part of the product (a transposed
-    operand), and XLA's CPU backend runs a bfloat16 product with a transposed operand as a
-    float32 one on slower kernels. The same transpose taken through a unit axis,
-    (r, c) -> (r, c, 1) -> (c, 1, r) -> (c, r), is written out instead (jax 0.10.2); on other
-    backends it is an ordinary transpose.
-    """
-    r, c = M.shape
-    return M.reshape(r, c, 1).transpose(1, 2, 0).reshape(c, r)
-
-
 def _batch_grads_mixed(params, X, Y, sigma, sigma_prime, loss: str, compute_dtype):
     """`_batch_grads` with every product on `compute_dtype` operands, summed in the params' dtype.
 
@@ -142,25 +129,20 @@ def _batch_grads_mixed(params, X, Y, sigma, sigma_prime, loss: str, compute_dtyp
     (Delta^[l-1])^T = (W^[l])^T (Delta^[l])^T * sigma'(Z^[l-1])^T; each product's left operand
     is then the row-major output of the one before it.
     """
-    accumulate = jnp.result_type(params[0]["W"])
-
-    def product(a, b):
-        return jnp.matmul(a, b, preferred_element_type=accumulate)
-
-    Zs, As, WTs = [], [X.astype(compute_dtype)], []
+    accumulate = params[0]["W"].dtype
+    Zs, As = [], [X.astype(compute_dtype)]
     for l, layer in enumerate(params, start=1):
-        WTs.append(_written_transpose(layer["W"]).astype(compute_dtype))
-        Zs.append(product(As[-1], WTs[-1]) + layer["b"])
+        Zs.append(dense_batch_mixed(layer, As[-1], compute_dtype))
         if l < len(params):
             As.append(sigma(Zs[-1]).astype(compute_dtype))
 
-    DeltaT = _written_transpose(LOSSES[loss](Zs[-1], Y) / X.shape[0])
+    DeltaT = written_transpose(LOSSES[loss](Zs[-1], Y) / X.shape[0])
     grads = []
     for l in reversed(range(len(params))):
-        DeltaT_c = DeltaT.astype(compute_dtype)
-        grads.insert(0, {"W": product(DeltaT_c, As[l]), "b": jnp.sum(DeltaT, axis=1)})
+        grads.insert(0, {"W": mixed_matmul(DeltaT, As[l], compute_dtype, accumulate), "b": jnp.sum(DeltaT, axis=1)})
         if l > 0:
-            DeltaT = product(WTs[l], DeltaT_c) * sigma_prime(Zs[l - 1]).T
+            WT = written_transpose(params[l]["W"])
+            DeltaT = mixed_matmul(WT, DeltaT, compute_dtype, accumulate) * sigma_prime(Zs[l - 1]).T
     return Zs[-1], grads
 
 

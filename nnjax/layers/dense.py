@@ -2,6 +2,9 @@
 
 A layer with n_in inputs and n_out outputs holds W in R^(n_out x n_in) (row i: the weights
 of output neuron i) and b in R^(n_out), and computes z = W x + b for one example x.
+
+`dense_batch_mixed` computes the same on a batch of rows in mixed precision, with the matrix
+products of `mixed_matmul` on operands that `written_transpose` lays out for them.
 """
 from __future__ import annotations
 
@@ -140,3 +143,44 @@ def dense(params, x):
     W, b, x = params["W"], params["b"], jnp.asarray(x)
     check_shape("dense", "x", x, (W.shape[1],), f" = (n_in,) to match W of shape {W.shape}")
     return W @ x + b
+
+
+def written_transpose(M):
+    """M^T, shape (c, r) for M of shape (r, c), written out as its own row-major array.
+
+    A plain ``M.T`` that feeds a matrix product becomes part of the product (a transposed
+    operand), and XLA's CPU backend runs a bfloat16 product with a transposed operand as a
+    float32 one on slower kernels (its bfloat16 kernels, YNNPACK's, take row-major operands
+    only). The same transpose taken through a unit axis, (r, c) -> (r, c, 1) -> (c, 1, r) ->
+    (c, r), is written out instead (jax 0.10.2); elsewhere it is an ordinary transpose.
+    """
+    r, c = M.shape
+    return M.reshape(r, c, 1).transpose(1, 2, 0).reshape(c, r)
+
+
+def mixed_matmul(a, b, compute_dtype, accumulate):
+    """a @ b on `compute_dtype` operands, summed and returned in the dtype `accumulate`.
+
+    With bfloat16 operands and float32 sums, XLA's CPU backend runs the product on AMX or
+    AVX512-BF16 instructions where the CPU has them, if both operands are row-major arrays
+    (see `written_transpose`).
+    """
+    return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=accumulate)
+
+
+def dense_batch_mixed(params, A, compute_dtype):
+    """The dense layer on a batch of rows in mixed precision: Z = A W^T + b.
+
+    The product takes `compute_dtype` operands (A, and W^T written out) and sums in W's dtype;
+    b is added in W's dtype. Shapes are not checked here (the public callers do).
+
+    Args:
+      params: {"W": (n_out, n_in), "b": (n_out,)}.
+      A: inputs, shape (m, n_in).
+      compute_dtype: the operands' dtype, e.g. jnp.bfloat16.
+
+    Returns:
+      Z, shape (m, n_out), in W's dtype.
+    """
+    W = params["W"]
+    return mixed_matmul(A, written_transpose(W), compute_dtype, W.dtype) + params["b"]

@@ -99,7 +99,7 @@ def mlp_logits(params, x, activation: Callable | str = relu):
     return _logits("mlp_logits", params, x, activation)
 
 
-def mlp_logits_batch(params, X, activation: Callable | str = relu):
+def mlp_logits_batch(params, X, activation: Callable | str = relu, compute_dtype=None):
     """The logits Z^[L] of a batch, one example per row: `mlp_logits` under `jax.vmap`.
 
     Z^[l] = A^[l-1] (W^[l])^T + b^[l], A^[l] = sigma(Z^[l]) for l < L, A^[0] = X, each row an
@@ -113,6 +113,10 @@ def mlp_logits_batch(params, X, activation: Callable | str = relu):
       params: list of L dense layers, as `mlp_init` returns.
       X: inputs, shape (m, n_0).
       activation: sigma, a callable or a name in nnjax.activations' elementwise functions.
+      compute_dtype: None, or a floating dtype such as "bfloat16" for mixed precision: each
+        layer's product on operands of that dtype, summed in the params' dtype, the rest in
+        the params' dtype (`dense_batch_fast`; `nnjax.backprop.mlp_grads` computes the same
+        gradients by hand).
 
     Returns:
       Z^[L], shape (m, n_L).
@@ -124,8 +128,8 @@ def mlp_logits_batch(params, X, activation: Callable | str = relu):
     check_shape("mlp_logits_batch", "X", A, (None, sizes[0]),
                 f" = (m, n_0) to match params[0]['W'] of shape {params[0]['W'].shape}")
     for layer in params[:-1]:
-        A = sigma(dense_batch_fast(layer, A))
-    return dense_batch_fast(params[-1], A)
+        A = sigma(dense_batch_fast(layer, A, compute_dtype))
+    return dense_batch_fast(params[-1], A, compute_dtype)
 
 
 def mlp_forward(params, x, activation: Callable | str = relu):
