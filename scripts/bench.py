@@ -15,6 +15,7 @@ issue's targets. Writes everything as JSON (--out).
     python scripts/bench.py                                  # the full benchmark
     python scripts/bench.py --models cnn --batch-sizes 128 --steps 50 --repeats 2
     python scripts/bench.py --data synthetic --steps 2 --frameworks nnjax,raw_jax
+    python scripts/bench.py --models mlp --compute-dtype bfloat16   # every row in mixed precision
 
 The peers are the optional extra `pip install -e '.[bench]'`; a missing one is reported as
 "skipped (not installed)".
@@ -42,7 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_peers import common  # noqa: E402
-from nnjax.training import REUSE_MEMORY_ENV, reuse_freed_memory, use_host_cores  # noqa: E402
+from nnjax.training import COMPUTE_DTYPES, REUSE_MEMORY_ENV, reuse_freed_memory, use_host_cores  # noqa: E402
 
 MODES = ("loop", "scan")
 FRAMEWORKS = ("nnjax", "raw_jax", "flax", "equinox", "torch", "torch_compile")
@@ -69,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="batches per timed epoch (default: a 60,000-example epoch, 60000 // batch)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per row; the best counts")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                        help="precision of every row's forward and backward pass; bfloat16 is each "
+                             "framework's own mixed precision (nnjax's compute_dtype, a bfloat16 "
+                             "copy of the params and inputs in raw JAX and Equinox, Flax's layer "
+                             "dtype, PyTorch's autocast), parameters and updates in float32")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                         help=f"comma-separated rows to run, from: {', '.join(FRAMEWORKS)}")
     parser.add_argument("--modes", default="loop,scan",
@@ -170,7 +176,7 @@ def jax_rows(framework: str, model: str, data: common.EpochData, args) -> list:
     except common.PeerUnavailable as reason:
         return [skipped(PEER_LABELS[framework], family, str(reason))]
     try:
-        trainers = module.make_trainers(model, data, args.lr)
+        trainers = module.make_trainers(model, data, args.lr, args.compute_dtype)
     except Exception as error:  # noqa: BLE001 - e.g. a model nnjax does not provide yet
         return [failed(PEER_LABELS.get(framework, framework), family, error)]
     return [t for t in trainers if t.name.split()[-1] in args.modes]
@@ -227,7 +233,8 @@ def torch_epoch(entry: dict, args, eager_s: float) -> None:
     spec = entry["torch"]
     time_box = args.compile_timeout + 2 * eager_s + 10 if spec["compiled"] else EAGER_TIME_BOX_S
     command = [sys.executable, "-m", "bench_peers.torch_peer", "--model", spec["model"], "--epoch-file",
-               spec["epoch_file"], "--lr", str(args.lr), "--repeats", "1", "--device", torch_device()] \
+               spec["epoch_file"], "--lr", str(args.lr), "--repeats", "1", "--device", torch_device(),
+               "--compute-dtype", args.compute_dtype] \
         + ([] if spec["compiled"] else ["--eager"]) + ([] if spec["threads"] is None else ["--threads", str(spec["threads"])])
     env = dict(os.environ, **(REUSE_MEMORY_ENV if args.malloc == "reuse" else {}),
                PYTHONPATH=os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]))
@@ -442,12 +449,13 @@ def main(argv=None) -> int:
     images, labels, data_note = load_data(args.data)
     meta = machine()
     meta.update(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), data=data_note, malloc=memory_note,
-                lr=args.lr, repeats=args.repeats, compile_workers=args.compile_workers)
+                lr=args.lr, repeats=args.repeats, compile_workers=args.compile_workers,
+                compute_dtype=args.compute_dtype)
     if args.compile_workers > 1:
         meta["warmup_note"] = f"JAX rows warmed up {args.compile_workers} at a time: their warm-up times overlap"
     print(f"bench: {meta['cpu']} ({meta['cores']} cores, {meta['backend']}), jax {jax.__version__}, "
-          f"data: {data_note}, {memory_note} (every row), load average {meta['load_average_start'][0]:.2f}",
-          flush=True)
+          f"data: {data_note}, {memory_note} (every row), {args.compute_dtype}, "
+          f"load average {meta['load_average_start'][0]:.2f}", flush=True)
     args.matmul_size = args.matmul_size or (8192 if jax.default_backend() == "gpu" else 2048)
     matmul = matmul_flop_rate(args.matmul_size)
     meta["matmul_flops_per_s"] = matmul

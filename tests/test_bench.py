@@ -77,6 +77,21 @@ def test_bench_cnn_nnjax_loop_rows(tmp_path):
     assert results["configs"][0]["summary"]["manual_over_autodiff_loop"] > 0
 
 
+def test_bench_in_bfloat16_runs_every_row_in_mixed_precision(tmp_path):
+    """--compute-dtype bfloat16: nnjax's own mixed precision, and each peer's (smoke run; the
+    peers are skipped where the optional extra is not installed)."""
+    results, stdout = run_script("bench.py", tmp_path / "bf16.json", "--data", "synthetic", "--models", "mlp",
+                                 "--batch-sizes", "8", "--steps", "2", "--repeats", "1", "--matmul-size", "64",
+                                 "--frameworks", "nnjax,raw_jax,flax,equinox,torch", "--modes", "scan",
+                                 "--compute-dtype", "bfloat16")
+    assert results["meta"]["compute_dtype"] == "bfloat16" and "bfloat16" in stdout
+    rows = rows_by_name(results)
+    for name in ("nnjax autodiff scan", "nnjax manual scan", "raw JAX scan"):
+        assert rows[name]["status"] == "measured" and rows[name]["samples_per_s"] > 0, rows[name]
+    for name, row in rows.items():
+        assert row["status"] == "measured" or row["status"].startswith("skipped"), row
+
+
 @pytest.fixture
 def bench_module(monkeypatch):
     """scripts/bench.py imported in-process."""

@@ -57,9 +57,16 @@ class CNN(eqx.Module):
         return self.dense2(jax.nn.relu(self.dense1(x))), state
 
 
-def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.Trainer]:
-    """Equinox in a Python loop of jitted steps, and as a `lax.scan` epoch."""
+def make_trainers(model: str, data: common.EpochData, lr: float,
+                  compute_dtype: str = "float32") -> list[common.Trainer]:
+    """Equinox in a Python loop of jitted steps, and as a `lax.scan` epoch; in bfloat16 the
+    model runs as a bfloat16 copy of its float32 arrays (Equinox has no mixed-precision layer
+    option)."""
     optimizer = optax.sgd(lr)
+    dtype = jax.numpy.dtype(compute_dtype)
+
+    def low(tree):
+        return tree if compute_dtype == "float32" else jax.tree.map(lambda a: a.astype(dtype), tree)
 
     def fresh():
         net, state = eqx.nn.make_with_state(MLP if model == "mlp" else CNN)(jax.random.PRNGKey(0))
@@ -72,10 +79,10 @@ def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.
         params, state, opt_state = carry
 
         def loss(p):
-            net = eqx.combine(p, static)
+            net = eqx.combine(low(p), static)
             batched = jax.vmap(net, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
-            logits, new_state = batched(x, state)
-            return optax.softmax_cross_entropy(logits, y).mean(), new_state
+            logits, new_state = batched(low(x), state)
+            return optax.softmax_cross_entropy(logits.astype("float32"), y).mean(), new_state
 
         grads, new_state = jax.grad(loss, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state)

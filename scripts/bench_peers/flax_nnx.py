@@ -14,9 +14,9 @@ except ImportError as error:  # pragma: no cover - depends on the optional extra
 
 
 class MLP(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
+    def __init__(self, rngs: nnx.Rngs, dtype=None):
         sizes = common.MLP_SIZES
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
 
     def __call__(self, x):
         for layer in self.layers[:-1]:
@@ -25,15 +25,16 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
+    def __init__(self, rngs: nnx.Rngs, dtype=None):
         c0, c1, c2 = common.CNN_CHANNELS
-        bn = dict(momentum=common.BN_MOMENTUM, epsilon=common.BN_EPS, use_running_average=False, rngs=rngs)
-        self.conv1 = nnx.Conv(c0, c1, (3, 3), padding="VALID", rngs=rngs)
+        bn = dict(momentum=common.BN_MOMENTUM, epsilon=common.BN_EPS, use_running_average=False, dtype=dtype,
+                  rngs=rngs)
+        self.conv1 = nnx.Conv(c0, c1, (3, 3), padding="VALID", dtype=dtype, rngs=rngs)
         self.bn1 = nnx.BatchNorm(c1, **bn)
-        self.conv2 = nnx.Conv(c1, c2, (3, 3), padding="VALID", rngs=rngs)
+        self.conv2 = nnx.Conv(c1, c2, (3, 3), padding="VALID", dtype=dtype, rngs=rngs)
         self.bn2 = nnx.BatchNorm(c2, **bn)
-        self.dense1 = nnx.Linear(c2 * 25, common.CNN_HIDDEN, rngs=rngs)
-        self.dense2 = nnx.Linear(common.CNN_HIDDEN, common.NUM_CLASSES, rngs=rngs)
+        self.dense1 = nnx.Linear(c2 * 25, common.CNN_HIDDEN, dtype=dtype, rngs=rngs)
+        self.dense2 = nnx.Linear(common.CNN_HIDDEN, common.NUM_CLASSES, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         x = nnx.max_pool(nnx.relu(self.bn1(self.conv1(x))), (2, 2), (2, 2))
@@ -42,19 +43,22 @@ class CNN(nnx.Module):
         return self.dense2(x)
 
 
-def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.Trainer]:
-    """Flax NNX in a Python loop of jitted steps, and as a `lax.scan` epoch."""
+def make_trainers(model: str, data: common.EpochData, lr: float,
+                  compute_dtype: str = "float32") -> list[common.Trainer]:
+    """Flax NNX in a Python loop of jitted steps, and as a `lax.scan` epoch; in bfloat16 the
+    layers compute in it (their ``dtype``) on float32 parameters, Flax's mixed precision."""
     nhwc = data if model == "mlp" else common.EpochData(data.images.transpose(0, 1, 3, 4, 2), data.labels, data.pixels)
+    dtype = None if compute_dtype == "float32" else compute_dtype
 
     def fresh():
-        net = (MLP if model == "mlp" else CNN)(nnx.Rngs(0))
+        net = (MLP if model == "mlp" else CNN)(nnx.Rngs(0), dtype)
         return nnx.split((net, nnx.Optimizer(net, optax.sgd(lr), wrt=nnx.Param)))
 
     graphdef, _ = fresh()
 
     def step(state, x, y):
         net, optimizer = nnx.merge(graphdef, state)
-        grads = nnx.grad(lambda m: optax.softmax_cross_entropy(m(x), y).mean())(net)
+        grads = nnx.grad(lambda m: optax.softmax_cross_entropy(m(x).astype("float32"), y).mean())(net)
         optimizer.update(net, grads)
         return nnx.state((net, optimizer))
 

@@ -32,12 +32,13 @@ def _model(model: str) -> training.Model:
     return training.mlp_model() if model == "mlp" else training.cnn_model()
 
 
-def _setup(model: str, data: common.EpochData, lr: float, grads: str, make_step, seed: int = 0):
+def _setup(model: str, data: common.EpochData, lr: float, grads: str, make_step, compute_dtype: str,
+           seed: int = 0):
     """`make_step` (`training.make_train_step` or `make_batch_step`) with SGD, and its inputs."""
     net = _model(model)
     devices = training.resolve_devices("auto", net.kind, data.batch_size, data.batch_size)
     optimizer = optax.sgd(lr)
-    step = make_step(net, optimizer, grads, devices=devices)
+    step = make_step(net, optimizer, grads, devices=devices, compute_dtype=compute_dtype)
     params, state = net.init(jax.random.key(seed))
     n = data.steps * data.batch_size
     device_data = DeviceData(*training.replicate((data.pixels.reshape(n, 28, 28), data.labels.reshape(n)), devices))
@@ -55,10 +56,12 @@ def _fresh_carry(trained, devices):
     return params, opt_state, state, training.replicate(jnp.int32(0), devices)
 
 
-def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
+def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str,
+                 compute_dtype: str = "float32") -> common.Trainer:
     """nnjax's jitted train step called once per batch from Python (``epoch_mode="loop"``);
     with several devices each step is waited for, as `train` does."""
-    step, trained, device_data, batches, devices = _setup(model, data, lr, grads, training.make_train_step)
+    step, trained, device_data, batches, devices = _setup(model, data, lr, grads, training.make_train_step,
+                                                          compute_dtype)
     holder = {"trained": trained, "compiled": None}
 
     def first_step():
@@ -82,13 +85,15 @@ def loop_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
                           lambda: common.xla_flops(holder["compiled"]), _note(devices))
 
 
-def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> common.Trainer:
+def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str,
+                 compute_dtype: str = "float32") -> common.Trainer:
     """nnjax's train step as the body of one `lax.scan` over the epoch (``epoch_mode="scan"``,
     `training.scan_steps`).
 
     Its warm-up is the ahead-of-time compile of the epoch (no step is run).
     """
-    step, trained, device_data, batches, devices = _setup(model, data, lr, grads, training.make_batch_step)
+    step, trained, device_data, batches, devices = _setup(model, data, lr, grads, training.make_batch_step,
+                                                          compute_dtype)
     run_epoch = training.scan_steps(step, data.steps)
     holder = {"trained": trained, "compiled": None}
 
@@ -105,6 +110,9 @@ def scan_trainer(model: str, data: common.EpochData, lr: float, grads: str) -> c
                           common.step_flops(model, data.batch_size), note=_note(devices))
 
 
-def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.Trainer]:
-    """nnjax with autodiff and with hand-derived gradients, each as a loop and a scan epoch."""
-    return [make(model, data, lr, grads) for grads in GRAD_SOURCES for make in (loop_trainer, scan_trainer)]
+def make_trainers(model: str, data: common.EpochData, lr: float,
+                  compute_dtype: str = "float32") -> list[common.Trainer]:
+    """nnjax with autodiff and with hand-derived gradients, each as a loop and a scan epoch, in
+    `compute_dtype` (`training.make_batch_step`)."""
+    return [make(model, data, lr, grads, compute_dtype) for grads in GRAD_SOURCES
+            for make in (loop_trainer, scan_trainer)]

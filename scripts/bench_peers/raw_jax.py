@@ -79,11 +79,19 @@ def _cross_entropy(logits, y):
     return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits), axis=-1))
 
 
-def make_step(model: str, lr: float):
-    """Pure `(carry, x, y_one_hot) -> carry`: one SGD step; carry is params (MLP) or (params, state)."""
+def _in(dtype, tree):
+    """`tree`'s arrays as `dtype`: the usual hand-written mixed precision, computing on a
+    low-precision copy of the params and inputs (float32 returns `tree` itself)."""
+    return tree if dtype == jnp.float32 else jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
+
+
+def make_step(model: str, lr: float, compute_dtype: str = "float32"):
+    """Pure `(carry, x, y_one_hot) -> carry`: one SGD step; carry is params (MLP) or (params, state).
+    The forward and backward pass run in `compute_dtype`, the loss and the update in float32."""
+    dtype = jnp.dtype(compute_dtype)
     if model == "mlp":
         def step(params, x, y):
-            grads = jax.grad(lambda p: _cross_entropy(mlp_logits(p, x), y))(params)
+            grads = jax.grad(lambda p: _cross_entropy(mlp_logits(_in(dtype, p), _in(dtype, x)).astype(jnp.float32), y))(params)
             return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
         return step
 
@@ -91,8 +99,9 @@ def make_step(model: str, lr: float):
         params, state = carry
 
         def loss(p):
-            logits, new_state = cnn_logits(p, state, x)
-            return _cross_entropy(logits, y), new_state
+            logits, new_state = cnn_logits(_in(dtype, p), _in(dtype, state), _in(dtype, x))
+            return _cross_entropy(logits.astype(jnp.float32), y), jax.tree_util.tree_map(
+                lambda new, old: new.astype(old.dtype), new_state, state)
 
         grads, new_state = jax.grad(loss, has_aux=True)(params)
         return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), new_state
@@ -104,9 +113,10 @@ def initial_carry(model: str, seed: int = 0):
     return init_mlp(key) if model == "mlp" else init_cnn(key)
 
 
-def make_trainers(model: str, data: common.EpochData, lr: float) -> list[common.Trainer]:
+def make_trainers(model: str, data: common.EpochData, lr: float,
+                  compute_dtype: str = "float32") -> list[common.Trainer]:
     """The raw-JAX rows: a jitted step in a Python loop, and a `lax.scan` epoch."""
-    step = make_step(model, lr)
+    step = make_step(model, lr, compute_dtype)
     return [
         loop_trainer("raw JAX loop", "raw_jax", step, initial_carry(model), data, model),
         scan_trainer("raw JAX scan", "raw_jax", step, initial_carry(model), data, model),

@@ -47,7 +47,8 @@ def compile_mode(device: str) -> str | None:
 
 
 def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool,
-                 threads: int | None = None, device: str = "cpu", mode: str | None = None) -> common.Trainer:
+                 threads: int | None = None, device: str = "cpu", mode: str | None = None,
+                 compute_dtype: str = "float32") -> common.Trainer:
     """One PyTorch row: eager, or with the model and its loss in `torch.compile`.
 
     Args:
@@ -56,6 +57,8 @@ def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool,
         device: "cpu" or "cuda"; on "cuda" the epoch's batches are put on the GPU before
             timing (as the JAX rows' are) and each timed call waits for the GPU to finish.
         mode: `torch.compile`'s mode when `compiled` (None: its default).
+        compute_dtype: "float32", or "bfloat16" for PyTorch's mixed precision (the forward
+            and loss under `torch.autocast`, float32 parameters).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -63,7 +66,8 @@ def make_trainer(model: str, data: common.EpochData, lr: float, compiled: bool,
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
 
     def loss_of(x, y):
-        return nn.functional.cross_entropy(net(x), y)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
+            return nn.functional.cross_entropy(net(x), y)
 
     loss_fn = torch.compile(loss_of, mode=mode) if compiled else loss_of
     xs = [torch.from_numpy(x).contiguous().to(device) for x in data.inputs(model)]
@@ -103,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eager", action="store_true", help="measure eager mode instead")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: PyTorch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: the forward and loss under torch.autocast")
     args = parser.parse_args(argv)
     with open(args.epoch_file, "rb") as handle:
         import numpy as np
@@ -113,13 +119,14 @@ def main(argv=None) -> int:
         raise SystemExit(f"torch_peer: --device cuda but torch {torch.__version__} sees no CUDA device")
     mode = None if args.eager else compile_mode(args.device)
     trainer = make_trainer(args.model, data, args.lr, compiled=not args.eager, threads=args.threads,
-                           device=args.device, mode=mode)
+                           device=args.device, mode=mode, compute_dtype=args.compute_dtype)
     try:
         first = common.timed(trainer.first_step)
     except Exception as error:  # noqa: BLE001 - CUDA graphs refused: the default mode still measures
         if mode is None:
             raise
-        trainer = make_trainer(args.model, data, args.lr, compiled=True, threads=args.threads, device=args.device)
+        trainer = make_trainer(args.model, data, args.lr, compiled=True, threads=args.threads, device=args.device,
+                               compute_dtype=args.compute_dtype)
         trainer.note += f" (mode {mode} failed: {type(error).__name__}: {str(error)[:120]})"
         first = common.timed(trainer.first_step)
     times = [common.timed(trainer.epoch) for _ in range(args.repeats)]
