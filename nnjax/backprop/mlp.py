@@ -14,10 +14,11 @@ product, as the chapter's `backward` does with examples stored as columns
 
 With ``compute_dtype="bfloat16"`` the batch functions run in mixed precision: every matrix
 product takes bfloat16 operands and sums in the parameters' dtype (float32), everything else
-(biases, activations' derivatives, the loss's delta, the gradients) stays in float32. The
-recursion then keeps (Delta^[l])^T, the deltas as columns the way the chapter writes them, so
-that each product's operands are stored row by row, which XLA's CPU kernels need to run
-bfloat16 products as bfloat16 (on CPUs with AMX or AVX512-BF16 several times float32's rate).
+(biases, activations' derivatives, the loss's delta, the gradients) stays in float32. Each
+product's transposed operand, (W^[l])^T forward and (Delta^[l])^T for dW^[l], is written out
+as its own array (`nnjax.layers.dense.written_transpose`): XLA's CPU backend runs a bfloat16
+product as bfloat16 (on CPUs with AMX or AVX512-BF16 several times float32's rate) only when
+both operands are stored row by row.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from nnjax._checks import check_choice, check_float_dtype, check_rank, check_sha
 from nnjax.activations import activation_name, get_activation, relu
 from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
 from nnjax.backprop.dense import dense_backward, dense_batch_backward
-from nnjax.layers.dense import check_dense_stack, dense, dense_batch_mixed, mixed_matmul, written_transpose
+from nnjax.layers.dense import check_dense_stack, dense, dense_batch_mixed
 
 __all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_logits_and_grads", "mlp_grads_mse"]
 
@@ -84,8 +85,12 @@ def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "s
 
 
 def _batch_grads(fn: str, params, X, Y, activation, loss: str, compute_dtype=None):
-    """Mean-over-batch gradients by the delta recursion on (m, n_l) matrices, one matmul per dW;
-    in mixed precision (`_batch_grads_mixed`) when `compute_dtype` differs from the params'.
+    """Mean-over-batch gradients by the delta recursion on (m, n_l) matrices, one matmul per dW.
+
+    In mixed precision (a `compute_dtype` other than the params'), A^[l] is kept in
+    `compute_dtype` for the products, Z^[l] and Delta^[l] in the params' dtype; the forward is
+    `nnjax.layers.dense.dense_batch_mixed` and each layer's backward `dense_batch_backward`
+    with the same `compute_dtype`.
 
     Returns:
       (Z^[L] the batch's output pre-activations (m, n_L), grads).
@@ -99,50 +104,25 @@ def _batch_grads(fn: str, params, X, Y, activation, loss: str, compute_dtype=Non
                 f"and params[-1]['W'] of shape {params[-1]['W'].shape}")
     if X.shape[0] == 0:
         raise ValueError(f"{fn}: X must hold at least one example, got shape {X.shape}")
-    if compute_dtype is not None:
-        compute_dtype = check_float_dtype(fn, "compute_dtype", compute_dtype)
-        if compute_dtype != jnp.result_type(params[0]["W"]):
-            return _batch_grads_mixed(params, X, Y, sigma, sigma_prime, loss, compute_dtype)
+    if compute_dtype is not None and check_float_dtype(fn, "compute_dtype", compute_dtype) == params[0]["W"].dtype:
+        compute_dtype = None
 
-    Zs, As = [], [X]
+    Zs, As = [], [X if compute_dtype is None else X.astype(compute_dtype)]
     for l, layer in enumerate(params, start=1):
-        Zs.append(As[-1] @ layer["W"].T + layer["b"])
+        if compute_dtype is None:
+            Zs.append(As[-1] @ layer["W"].T + layer["b"])
+        else:
+            Zs.append(dense_batch_mixed(layer, As[-1], compute_dtype))
         if l < len(params):
-            As.append(sigma(Zs[-1]))
+            As.append(sigma(Zs[-1]) if compute_dtype is None else sigma(Zs[-1]).astype(compute_dtype))
 
     Delta = LOSSES[loss](Zs[-1], Y) / X.shape[0]
     grads = []
     for l in reversed(range(len(params))):
-        layer_grads, upstream = dense_batch_backward(params[l], As[l], Delta)
+        layer_grads, upstream = dense_batch_backward(params[l], As[l], Delta, compute_dtype)
         grads.insert(0, layer_grads)
         if l > 0:
             Delta = upstream * sigma_prime(Zs[l - 1])
-    return Zs[-1], grads
-
-
-def _batch_grads_mixed(params, X, Y, sigma, sigma_prime, loss: str, compute_dtype):
-    """`_batch_grads` with every product on `compute_dtype` operands, summed in the params' dtype.
-
-    Forward, examples as rows: Z^[l] = A^[l-1] (W^[l])^T + b^[l], with (W^[l])^T written out
-    so that both operands are stored row by row. Backward, examples as columns:
-    (Delta^[L])^T = (dL/dZ^[L])^T / m, dW^[l] = (Delta^[l])^T A^[l-1],
-    (Delta^[l-1])^T = (W^[l])^T (Delta^[l])^T * sigma'(Z^[l-1])^T; each product's left operand
-    is then the row-major output of the one before it.
-    """
-    accumulate = params[0]["W"].dtype
-    Zs, As = [], [X.astype(compute_dtype)]
-    for l, layer in enumerate(params, start=1):
-        Zs.append(dense_batch_mixed(layer, As[-1], compute_dtype))
-        if l < len(params):
-            As.append(sigma(Zs[-1]).astype(compute_dtype))
-
-    DeltaT = written_transpose(LOSSES[loss](Zs[-1], Y) / X.shape[0])
-    grads = []
-    for l in reversed(range(len(params))):
-        grads.insert(0, {"W": mixed_matmul(DeltaT, As[l], compute_dtype, accumulate), "b": jnp.sum(DeltaT, axis=1)})
-        if l > 0:
-            WT = written_transpose(params[l]["W"])
-            DeltaT = mixed_matmul(WT, DeltaT, compute_dtype, accumulate) * sigma_prime(Zs[l - 1]).T
     return Zs[-1], grads
 
 
