@@ -14,6 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 PEERS = ("Flax NNX", "Equinox", "PyTorch")
+PRODUCTS = ("forward X W^T, W^T in the product", "forward X W^T, W^T written out",
+            "dW = Delta^T X, Delta^T in the product", "dW = Delta^T X, Delta^T written out")
 
 
 def run_script(script, out, *args):
@@ -90,6 +92,15 @@ def test_bench_in_bfloat16_runs_every_row_in_mixed_precision(tmp_path):
         assert rows[name]["status"] == "measured" and rows[name]["samples_per_s"] > 0, rows[name]
     for name, row in rows.items():
         assert row["status"] == "measured" or row["status"].startswith("skipped"), row
+
+
+def test_bench_products_times_each_product_in_both_dtypes(tmp_path):
+    results, stdout = run_script("bench_products.py", tmp_path / "products.json", "--batch-sizes", "8",
+                                 "--calls", "2")
+    rows = results["rows"]
+    assert {(r["product"], r["dtype"]) for r in rows} == {(p, d) for p in PRODUCTS for d in ("float32", "bfloat16")}
+    assert all(r["batch_size"] == 8 and 0 < r["best_ms"] <= r["median_ms"] and r["gflops_at_best"] > 0 for r in rows)
+    assert "bf16 speed-up" in stdout and "Delta^T written out" in stdout
 
 
 @pytest.fixture

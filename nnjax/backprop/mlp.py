@@ -143,8 +143,8 @@ def mlp_grads(params, X, Y, activation: Callable | str = relu, compute_dtype=Non
         such as "bfloat16" for mixed precision: the matrix products take operands of that
         dtype and sum in the params' dtype; all else stays in the params' dtype (the module's
         docstring). On a 2-core Xeon with AMX (jax 0.10.2) bfloat16 made the MLP's SGD step
-        1.6x faster at batch 1024 and 1.3x at 128; on CPUs without bfloat16 instructions it
-        is slower than float32.
+        1.6-1.7x faster at batch 1024 and 1.3-1.4x at 128; on CPUs without bfloat16
+        instructions it is slower than float32 (`scripts/bench_products.py` tells).
 
     Returns:
       grads with params' structure: a list of {"W": (n_l, n_(l-1)), "b": (n_l,)}, in the
