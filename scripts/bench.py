@@ -430,7 +430,7 @@ def run_profiles(args) -> int:
     for model in args.models:
         for batch_size in args.batch_sizes:
             for grads in nnjax_rows.GRAD_SOURCES:
-                result = profile_step.profile(model, batch_size, grads)
+                result = profile_step.profile(model, batch_size, grads, compute_dtype=args.compute_dtype)
                 results["profiles"].append(result)
                 print(profile_step.format_profile(result), flush=True)
     results["meta"]["load_average_end"] = os.getloadavg()

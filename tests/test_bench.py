@@ -204,7 +204,7 @@ def test_torch_compile_uses_cuda_graphs_on_a_gpu_and_falls_back_if_refused(tmp_p
     np.savez(epoch_file, images=data.images, labels=data.labels, pixels=data.pixels)
     modes = []
 
-    def make_trainer(model, data, lr, compiled, threads=None, device="cpu", mode=None):
+    def make_trainer(model, data, lr, compiled, threads=None, device="cpu", mode=None, compute_dtype="float32"):
         modes.append(mode)
 
         def first_step():
@@ -290,14 +290,14 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
 def test_profile_smoke(tmp_path):
     """`bench.py --profile`: per-op times of both nnjax train steps, as a table and as JSON."""
     results, stdout = run_script("bench.py", tmp_path / "profile.json", "--profile", "--models", "mlp",
-                                 "--batch-sizes", "8")
-    assert [(p["model"], p["batch_size"], p["grads"]) for p in results["profiles"]] == \
-        [("mlp", 8, "autodiff"), ("mlp", 8, "manual")]
+                                 "--batch-sizes", "8", "--compute-dtype", "bfloat16")
+    assert [(p["model"], p["batch_size"], p["grads"], p["compute_dtype"]) for p in results["profiles"]] == \
+        [("mlp", 8, "autodiff", "bfloat16"), ("mlp", 8, "manual", "bfloat16")]
     for result in results["profiles"]:
         assert result["step_ms"] > 0 and result["ops"] and result["ops_ms"] > 0
         assert sum(op["share"] for op in result["ops"]) <= 1 + 1e-9
         assert "matrix products" in result["kinds_ms"]
-    assert "nnjax manual train step, MLP batch 8" in stdout
+    assert "nnjax manual train step (bfloat16), MLP batch 8" in stdout
 
 
 def _write_trace(folder, events):

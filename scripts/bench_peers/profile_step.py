@@ -154,11 +154,13 @@ def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collectio
     return totals, after, bool(device_pids)
 
 
-def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 20) -> dict:
-    """Per-op times of nnjax's `grads` train step of `model` at `batch_size` (synthetic data).
+def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 20,
+            compute_dtype: str = "float32") -> dict:
+    """Per-op times of nnjax's `grads` train step of `model` at `batch_size` (synthetic data),
+    in `compute_dtype`.
 
     Returns:
-      {"model", "batch_size", "grads", "step_ms" (wall, unprofiled), "ops_ms" (sum of the XLA
+      {"model", "batch_size", "grads", "compute_dtype", "step_ms" (wall, unprofiled), "ops_ms" (sum of the XLA
       ops' times per step, `BETWEEN_OPS` included), "after_ms" (of it, time ops ran on after
       their events, `async_tails`, `BETWEEN_OPS` not included), "ops": [{"name", "ms", "after_ms", "share", "what"}] for
       the `top` slowest ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`)}.
@@ -166,7 +168,7 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     images, labels = common.synthetic_mnist(batch_size * 4)
     data = common.cut_epoch(images, labels, batch_size, 4)
     step, trained, device_data, batches, devices = nnjax_rows._setup(model, data, 0.01, grads,
-                                                                     training.make_train_step)
+                                                                     training.make_train_step, compute_dtype)
     carry = nnjax_rows._fresh_carry(trained, devices)
     compiled = training.compile_ahead(step, carry, device_data, batches, donate=True, model_kind=model)
     hlo = compiled.as_text()
@@ -192,7 +194,8 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
     kinds: collections.Counter = collections.Counter()
     for op in ops:
         kinds[op_kind(op["what"])] += op["ms"]
-    return {"model": model, "batch_size": batch_size, "grads": grads, "step_ms": step_ms, "ops_ms": ops_ms,
+    return {"model": model, "batch_size": batch_size, "grads": grads, "compute_dtype": compute_dtype,
+            "step_ms": step_ms, "ops_ms": ops_ms,
             "after_ms": sum(op["after_ms"] for op in ops if op["name"] != BETWEEN_OPS), "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
 
 
@@ -222,7 +225,8 @@ def op_kind(what: str) -> str:
 
 
 def format_profile(result: dict) -> str:
-    lines = [f"\nnnjax {result['grads']} train step, {result['model'].upper()} batch {result['batch_size']}: "
+    lines = [f"\nnnjax {result['grads']} train step ({result['compute_dtype']}), {result['model'].upper()} "
+             f"batch {result['batch_size']}: "
              f"{result['step_ms']:.1f} ms per step (best of runs); XLA ops sum to {result['ops_ms']:.1f} ms per step "
              f"({result['after_ms']:.1f} ms of it after the ops' own events: library calls finishing on the thread pool)",
              f"{'ms/step':>8s} {'after':>6s} {'share':>6s}  {'op':34s} output shape, fused operations"]
