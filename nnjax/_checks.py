@@ -99,3 +99,12 @@ def check_float_dtype(fn: str, arg: str, dtype):
     if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
         raise TypeError(f"{fn}: {arg} must be a floating dtype such as 'bfloat16' or 'float32', got {dtype!r}")
     return resolved
+
+
+def mixed_dtype(fn: str, compute_dtype, dtype):
+    """The dtype a function taking ``compute_dtype=`` computes its products in: None (plain, in
+    the arrays' own dtype) for None or for `dtype` itself, else the checked floating dtype."""
+    if compute_dtype is None:
+        return None
+    compute_dtype = check_float_dtype(fn, "compute_dtype", compute_dtype)
+    return None if compute_dtype == jnp.dtype(dtype) else compute_dtype

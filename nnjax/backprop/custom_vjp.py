@@ -41,7 +41,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_float_dtype, check_rank, check_shape
+from nnjax._checks import check_rank, check_shape, mixed_dtype
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
 from nnjax.backprop.dense import dense_batch_backward
@@ -109,11 +109,7 @@ def dense_batch_fast(params, A, compute_dtype=None):
     A = jnp.asarray(A)
     check_rank("dense_batch_fast", "A", A, 2, "(m, n_in): one example per row")
     check_shape("dense_batch_fast", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
-    if compute_dtype is not None:
-        compute_dtype = check_float_dtype("dense_batch_fast", "compute_dtype", compute_dtype)
-        if compute_dtype == jnp.result_type(params["W"]):
-            compute_dtype = None
-    return _dense_batch(compute_dtype, params, A)
+    return _dense_batch(mixed_dtype("dense_batch_fast", compute_dtype, params["W"].dtype), params, A)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnjax._checks import check_float_dtype, check_rank, check_shape
+from nnjax._checks import check_rank, check_shape, mixed_dtype
 from nnjax.layers.dense import check_dense_params, mixed_matmul, written_transpose
 
 __all__ = ["dense_backward", "dense_batch_backward"]
@@ -76,7 +76,8 @@ def dense_batch_backward(params, A, Delta, compute_dtype=None):
     check_shape("dense_batch_backward", "Delta", Delta, (A.shape[0], n_out),
                 f" = (m, n_out) to match A of shape {A.shape} and W of shape {params['W'].shape}")
     W = params["W"]
-    if compute_dtype is not None and check_float_dtype("dense_batch_backward", "compute_dtype", compute_dtype) != W.dtype:
+    compute_dtype = mixed_dtype("dense_batch_backward", compute_dtype, W.dtype)
+    if compute_dtype is not None:
         dW = mixed_matmul(written_transpose(Delta), A, compute_dtype, W.dtype)
         return {"W": dW, "b": jnp.sum(Delta, axis=0)}, mixed_matmul(Delta, W, compute_dtype, W.dtype)
     dW = lax.platform_dependent(Delta, A, cpu=lambda Delta, A: lax.optimization_barrier(Delta.T) @ A,

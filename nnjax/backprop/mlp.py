@@ -26,7 +26,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from nnjax._checks import check_choice, check_float_dtype, check_rank, check_shape
+from nnjax._checks import check_choice, check_rank, check_shape, mixed_dtype
 from nnjax.activations import activation_name, get_activation, relu
 from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
 from nnjax.backprop.dense import dense_backward, dense_batch_backward
@@ -104,8 +104,7 @@ def _batch_grads(fn: str, params, X, Y, activation, loss: str, compute_dtype=Non
                 f"and params[-1]['W'] of shape {params[-1]['W'].shape}")
     if X.shape[0] == 0:
         raise ValueError(f"{fn}: X must hold at least one example, got shape {X.shape}")
-    if compute_dtype is not None and check_float_dtype(fn, "compute_dtype", compute_dtype) == params[0]["W"].dtype:
-        compute_dtype = None
+    compute_dtype = mixed_dtype(fn, compute_dtype, params[0]["W"].dtype)
 
     Zs, As = [], [X if compute_dtype is None else X.astype(compute_dtype)]
     for l, layer in enumerate(params, start=1):

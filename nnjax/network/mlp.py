@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_choice, check_float_dtype, check_rank, check_shape
+from nnjax._checks import check_choice, check_rank, check_shape, mixed_dtype
 from nnjax.activations import ELEMENTWISE, relu, softmax
 from nnjax.backprop.custom_vjp import dense_batch_fast
 from nnjax.layers.dense import INITS, check_dense_stack, dense, dense_init
@@ -123,8 +123,7 @@ def mlp_logits_batch(params, X, activation: Callable | str = relu, compute_dtype
     """
     sigma = _resolve_activation("mlp_logits_batch", activation)
     sizes = check_dense_stack("mlp_logits_batch", params)
-    if compute_dtype is not None:
-        compute_dtype = check_float_dtype("mlp_logits_batch", "compute_dtype", compute_dtype)
+    compute_dtype = mixed_dtype("mlp_logits_batch", compute_dtype, params[0]["W"].dtype)
     A = jnp.asarray(X)
     check_rank("mlp_logits_batch", "X", A, 2, "(m, n_0): one example per row")
     check_shape("mlp_logits_batch", "X", A, (None, sizes[0]),
