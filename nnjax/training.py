@@ -328,12 +328,13 @@ class TrainConfig:
       label_smoothing: targets ``(1 - s) * one_hot + s / 10``; 0 trains on one-hot targets.
       compute_dtype: ``"float32"``, or ``"bfloat16"`` for mixed precision. The MLP runs its
         matrix products on bfloat16 operands summed in float32 and everything else in float32
-        (`Model.mixed_precision`; on a 2-core Xeon with AMX its SGD step ran 1.6-1.7x faster at
-        batch 1024 and 1.3-1.4x at 128, test accuracy unchanged, docs/benchmarks.md; on CPUs
-        without bfloat16 instructions it is slower: `scripts/bench_products.py` tells). The CNN runs the forward and backward
-        pass on bfloat16 copies of the parameters and inputs (faster on GPUs, slower on
-        CPUs). Either way the parameters, optimizer state, batch-norm statistics and the loss
-        stay float32 (`make_train_step`). Evaluation always runs in float32.
+        (`Model.mixed_precision`; on a 2-core Xeon with AMX its SGD step ran 1.6-1.7x faster
+        at batch 1024 and 1.3-1.4x at 128, test accuracy unchanged, docs/benchmarks.md; on
+        CPUs without bfloat16 instructions it is slower: `scripts/bench_products.py` tells).
+        The CNN runs the forward and backward pass on bfloat16 copies of the parameters and
+        inputs (faster on GPUs, slower on CPUs). Either way the parameters, optimizer state,
+        batch-norm statistics and the loss stay float32 (`make_train_step`). Evaluation
+        always runs in float32.
       eval_batch_size: examples per evaluation call.
       devices: how many of the backend's devices share each batch (data parallelism), or
         ``"auto"`` (`DATA_PARALLEL_DEFAULTS`; see `resolve_devices`).
