@@ -22,6 +22,13 @@ def test_quickstart_runs_as_written():
     assert "layer 1 / W" in result.stdout, result.stdout
 
 
+def test_mixed_precision_example_runs_as_written():
+    code = _python_block_after("### Mixed precision")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("float32, relative change 0.0") == 3, result.stdout
+
+
 def test_cnn_example_runs_as_written():
     code = _python_block_after("## Convolutional networks")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
