@@ -3,8 +3,10 @@ like nnjax), batch norm in `mode="batch"`, optax SGD. The step jits a pure funct
 model's arrays (`eqx.partition` once), Equinox's fast path, so no filtering is timed."""
 from __future__ import annotations
 
+from functools import partial
+
 from bench_peers import common
-from bench_peers.jax_common import loop_trainer, scan_trainer
+from bench_peers.jax_common import in_compute_dtype, loop_trainer, scan_trainer
 
 try:
     import equinox as eqx
@@ -63,10 +65,7 @@ def make_trainers(model: str, data: common.EpochData, lr: float,
     model runs as a bfloat16 copy of its float32 arrays (Equinox has no mixed-precision layer
     option)."""
     optimizer = optax.sgd(lr)
-    dtype = jax.numpy.dtype(compute_dtype)
-
-    def low(tree):
-        return tree if compute_dtype == "float32" else jax.tree.map(lambda a: a.astype(dtype), tree)
+    low = partial(in_compute_dtype, compute_dtype=compute_dtype)
 
     def fresh():
         net, state = eqx.nn.make_with_state(MLP if model == "mlp" else CNN)(jax.random.PRNGKey(0))

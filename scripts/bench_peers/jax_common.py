@@ -5,10 +5,20 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from bench_peers.common import EpochData, Trainer, step_flops, xla_flops
 
 Step = Callable[[Any, jax.Array, jax.Array], Any]
+
+
+def in_compute_dtype(tree, compute_dtype: str):
+    """`tree`'s floating-point arrays as `compute_dtype`: the hand-written mixed precision of the
+    raw-JAX and Equinox rows, which compute on a low-precision copy of the params and inputs
+    (float32 returns `tree` itself)."""
+    if compute_dtype == "float32":
+        return tree
+    return jax.tree.map(lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def _block(tree) -> None:

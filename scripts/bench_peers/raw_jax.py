@@ -3,11 +3,13 @@ batched NCHW arrays, `lax.conv_general_dilated`, `lax.reduce_window` max pooling
 over (N, H, W), `jax.value_and_grad` and a `tree_map` SGD update."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
 from bench_peers import common
-from bench_peers.jax_common import loop_trainer, scan_trainer
+from bench_peers.jax_common import in_compute_dtype, loop_trainer, scan_trainer
 
 
 def _he(key, shape, fan_in):
@@ -79,19 +81,13 @@ def _cross_entropy(logits, y):
     return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits), axis=-1))
 
 
-def _in(dtype, tree):
-    """`tree`'s arrays as `dtype`: the usual hand-written mixed precision, computing on a
-    low-precision copy of the params and inputs (float32 returns `tree` itself)."""
-    return tree if dtype == jnp.float32 else jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
-
-
 def make_step(model: str, lr: float, compute_dtype: str = "float32"):
     """Pure `(carry, x, y_one_hot) -> carry`: one SGD step; carry is params (MLP) or (params, state).
     The forward and backward pass run in `compute_dtype`, the loss and the update in float32."""
-    dtype = jnp.dtype(compute_dtype)
+    low = partial(in_compute_dtype, compute_dtype=compute_dtype)
     if model == "mlp":
         def step(params, x, y):
-            grads = jax.grad(lambda p: _cross_entropy(mlp_logits(_in(dtype, p), _in(dtype, x)).astype(jnp.float32), y))(params)
+            grads = jax.grad(lambda p: _cross_entropy(mlp_logits(low(p), low(x)).astype(jnp.float32), y))(params)
             return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
         return step
 
@@ -99,7 +95,7 @@ def make_step(model: str, lr: float, compute_dtype: str = "float32"):
         params, state = carry
 
         def loss(p):
-            logits, new_state = cnn_logits(_in(dtype, p), _in(dtype, state), _in(dtype, x))
+            logits, new_state = cnn_logits(low(p), low(state), low(x))
             return _cross_entropy(logits.astype(jnp.float32), y), jax.tree_util.tree_map(
                 lambda new, old: new.astype(old.dtype), new_state, state)
 
