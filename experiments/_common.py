@@ -88,10 +88,9 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
                      help="one lax.scan per epoch, a Python loop over the jitted step, or the "
                           "measured default for this model and backend")
     run.add_argument("--compute-dtype", choices=training.COMPUTE_DTYPES, default="float32",
-                     help="dtype of each step's forward and backward pass; bfloat16 is mixed "
-                          "precision (parameters, optimizer and loss stay float32; the MLP keeps "
-                          "all but its matrix products in float32): faster on GPUs, and for the "
-                          "MLP on CPUs with AMX/AVX512-BF16")
+                     help="dtype of each step's matrix products; bfloat16 is mixed precision "
+                          "(parameters, optimizer, loss, batch norm and the CNN's first block stay "
+                          "float32): faster on GPUs and on CPUs with AMX/AVX512-BF16")
     run.add_argument("--devices", type=device_count, default="auto",
                      help="devices sharing each batch (on a CPU, one per core), or 'auto': the "
                           "measured default for this model and backend")

@@ -172,7 +172,7 @@ def test_training_runs_the_models_own_mixed_precision():
     from nnjax import training
 
     model = mlp_model()
-    assert model.mixed_precision and not training.cnn_model().mixed_precision
+    assert model.mixed_precision
     params, state = model.init(jax.random.key(0))
     rng = np.random.default_rng(8)
     data = training._Data(jnp.asarray(rng.integers(0, 256, (32, 28, 28), dtype=np.uint8)),
@@ -187,6 +187,46 @@ def test_training_runs_the_models_own_mixed_precision():
         (new_params, _, _, _), _ = step((params, optimizer.init(params), state, jnp.int32(0)), data, batches)
         got = jax.tree.map(jnp.subtract, params, new_params)
         assert_trees_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_without_its_own_mixed_precision_trains_on_bfloat16_copies():
+    """`Model.mixed_precision=False` (a user's model whose functions take no compute_dtype):
+    the step calls the model on bfloat16 copies of the parameters and inputs and applies the
+    gradients, cast to float32, to the float32 parameters."""
+    import dataclasses
+
+    import optax
+
+    from nnjax import training
+
+    base = mlp_model()
+    seen = []
+
+    def apply(params, state, inputs, train, device_axis=None):
+        seen.append((params[0]["W"].dtype, inputs.dtype))
+        return base.apply(params, state, inputs, train, device_axis)
+
+    def manual_grads(params, state, inputs, targets, device_axis=None):
+        seen.append((params[0]["W"].dtype, inputs.dtype))
+        return base.manual_grads(params, state, inputs, targets, device_axis)
+
+    model = dataclasses.replace(base, apply=apply, manual_grads=manual_grads, mixed_precision=False)
+    params, state = model.init(jax.random.key(1))
+    rng = np.random.default_rng(9)
+    data = training._Data(jnp.asarray(rng.integers(0, 256, (16, 28, 28), dtype=np.uint8)),
+                          jnp.asarray(rng.integers(0, 10, 16), dtype=jnp.int32))
+    optimizer = optax.sgd(1.0)
+    want = mlp_grads(params, model.prepare(data.images), jax.nn.one_hot(data.labels, 10))
+    for grads in ("manual", "autodiff"):
+        seen.clear()
+        step = jax.jit(training.make_train_step(model, optimizer, grads, compute_dtype="bfloat16"))
+        (new_params, _, _, _), _ = step((params, optimizer.init(params), state, jnp.int32(0)), data,
+                                        jnp.arange(16).reshape(1, 16))
+        assert seen and set(seen) == {(jnp.dtype(BF16), jnp.dtype(BF16))}, seen
+        got = jax.tree.map(jnp.subtract, params, new_params)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert g.dtype == jnp.float32
+            assert float(jnp.linalg.norm(g - w)) < 0.1 * float(jnp.linalg.norm(w))
 
 
 @pytest.mark.parametrize("call,name", [

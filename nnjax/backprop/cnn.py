@@ -50,7 +50,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_float_array, check_rank, check_shape
+from nnjax._checks import check_float_array, check_rank, check_shape, mixed_dtype
 from nnjax.activations import relu
 from nnjax.backprop.activation import activation_backward, softmax_cross_entropy_backward
 from nnjax.backprop.conv import conv2d_input_grad, conv2d_param_grads
@@ -169,10 +169,10 @@ def _vmapped(f, in_axes=0, out_axes=0):
     return jax.vmap(f, in_axes=in_axes, out_axes=out_axes, axis_name=_AXIS)
 
 
-def _conv_batch(params, X):
+def _conv_batch(params, X, compute_dtype=None):
     """`conv2d_batch_fast` on a channels-last batch: one im2col product forward and one for
     dW and db under autodiff (`nnjax.layers.conv2d_batch` has the measurements)."""
-    return conv2d_batch_fast(params, X, layout=_LAYOUT)
+    return conv2d_batch_fast(params, X, layout=_LAYOUT, compute_dtype=compute_dtype)
 
 
 def _dense1_channels_last(params, hwc):
@@ -191,7 +191,8 @@ def _dense1_channels_first_grad(dW_hwc, hwc):
     return dW_hwc.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(dW_hwc.shape)
 
 
-def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False, device_axis=None):
+def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False, device_axis=None,
+             compute_dtype=None):
     """`cnn_forward` with the feature maps channels-last (H, W, C) in the cache, naming the
     public function `fn` in error messages.
 
@@ -206,13 +207,18 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     4x smaller and there is no "relu{i}".
     In training, the blocks `conv2d_batch_norm_pays` picks run as one layer,
     `conv2d_batch_norm_fast`, and have no "conv{i}" (z_i is never formed).
+    A `compute_dtype` (batch only; checked here, in `fn`'s name) runs the convolutions and
+    dense layers in mixed precision; the fused blocks, batch norm and pooling stay in the
+    parameters' dtype.
     """
-    each, conv = (_vmapped, _conv_batch) if batch else (_per_example, _conv)
+    each = _vmapped if batch else _per_example
+    conv = partial(_conv_batch, compute_dtype=compute_dtype) if batch else _conv
     if batch:
         axis_name = batch_axes(device_axis)
         x = check_float_array(fn, "X", x)
         check_rank(fn, "X", x, 4, "a batch (m, C, H, W); for one image use cnn_apply")
     n = _check_input(fn, params, state, x[0] if batch else x)
+    compute_dtype = mixed_dtype(fn, compute_dtype, params["conv1"]["W"].dtype)
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     pool = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))
     for i in range(1, n + 1):
@@ -237,7 +243,7 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     else:
         dense1 = params["dense1"]
         cache["flat"] = to_channels_first(h, _LAYOUT).reshape(-1)
-    linear = dense_batch_fast if batch else dense
+    linear = partial(dense_batch_fast, compute_dtype=compute_dtype) if batch else dense
     cache["dense1"] = linear(dense1, cache["flat"])
     cache["hidden"] = relu(cache["dense1"])
     cache["logits"] = linear(params["dense2"], cache["hidden"])
@@ -260,7 +266,7 @@ def cnn_forward(params, state, x, *, train, axis_name="batch"):
     return logits, new_state, {**cache, **maps}
 
 
-def _conv_batch_backward(params, X, Delta, input_grad: bool):
+def _conv_batch_backward(params, X, Delta, input_grad: bool, compute_dtype=None):
     """A valid, stride-1 conv layer's backward on a channels-last batch, each gradient ONE
     convolution.
 
@@ -268,19 +274,20 @@ def _conv_batch_backward(params, X, Delta, input_grad: bool):
     from one product, `conv2d_param_grads`), dX = full convolution of delta with the flipped
     kernel (`conv2d_backward`'s formulas, in their batch form). X: (m, H, W, C_in), Delta:
     (m, H', W', C_out); dX is None unless `input_grad` (the image's own gradient is not needed).
+    A `compute_dtype` runs both in mixed precision (dX as a product and col2im).
     """
     W = params["W"]
-    grads = conv2d_param_grads(X, Delta, W.shape[2:], _STRIDE, _VALID, _LAYOUT)
+    grads = conv2d_param_grads(X, Delta, W.shape[2:], _STRIDE, _VALID, _LAYOUT, compute_dtype=compute_dtype)
     if not input_grad:
         return grads, None
-    return grads, conv2d_input_grad(W, Delta, X.shape[1:3], _STRIDE, _VALID, _LAYOUT)
+    return grads, conv2d_input_grad(W, Delta, X.shape[1:3], _STRIDE, _VALID, _LAYOUT, compute_dtype)
 
 
-def _blocks_backward(params, X, cache, delta, num_blocks, device_axis):
+def _blocks_backward(params, X, cache, delta, num_blocks, device_axis, compute_dtype=None):
     """The batch's backward through the conv blocks, from delta = dL/dp_N (m, H_N, W_N, C_N).
 
-    X: the images channels-last (m, H, W, C); cache: `_forward`'s, batched; device_axis: as
-    `cnn_logits_and_grads`.
+    X: the images channels-last (m, H, W, C); cache: `_forward`'s, batched; device_axis and
+    compute_dtype: as `cnn_logits_and_grads`.
 
     Returns:
       {"conv{i}": {"W", "b"}, "bn{i}": {"gamma", "beta"}}, summed over the batch.
@@ -298,11 +305,12 @@ def _blocks_backward(params, X, cache, delta, num_blocks, device_axis):
         else:
             grads[f"bn{i}"], delta = batch_norm_batch_backward(params[f"bn{i}"], cache[f"conv{i}"], delta,
                                                                device_axis=device_axis, layout=_LAYOUT)
-            grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1)
+            grads[f"conv{i}"], delta = _conv_batch_backward(params[f"conv{i}"], conv_input, delta, i > 1,
+                                                            compute_dtype)
     return grads
 
 
-def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
+def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None, compute_dtype=None):
     """The batch's logits, new batch-norm state and gradients of `nnjax.network.cnn_loss`
     (train=True), by hand: the forward pass, then the chain of backward passes.
 
@@ -314,6 +322,12 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
         split, or None. Batch norm's statistics (and their backward) then span every device's
         examples; the gradients are those of this device's mean loss, so their mean over the
         devices (`jax.lax.pmean`) is the whole batch's gradient.
+      compute_dtype: None, or a floating dtype such as "bfloat16" for mixed precision: the
+        convolutions that run as im2col products (all but the fused first block) and the
+        dense layers take operands of that dtype in every product, forward and backward,
+        summed in the parameters' dtype; everything else (the first block's fused conv and
+        batch norm, batch norm, pooling, ReLU, the loss, the gradients) stays in it. The
+        same numbers as autodiff of `nnjax.network.cnn_apply_batch` with that compute_dtype.
 
     Returns:
       (logits (m, K), new_state, grads): grads with params' structure.
@@ -321,22 +335,24 @@ def cnn_logits_and_grads(params, state, X, Y, *, device_axis=None):
     X = check_cnn_batch("cnn_grads", params, X, Y)
     X = X.astype(jnp.result_type(X, params["conv1"]["W"]))
     num_blocks = cnn_num_blocks(params)
-    logits, new_state, cache = _forward("cnn_grads", params, state, X, True, batch=True, device_axis=device_axis)
+    logits, new_state, cache = _forward("cnn_grads", params, state, X, True, batch=True, device_axis=device_axis,
+                                        compute_dtype=compute_dtype)
     grads = {}
     delta = softmax_cross_entropy_backward(logits, Y) / X.shape[0]
-    grads["dense2"], delta = dense_batch_backward(params["dense2"], cache["hidden"], delta)
+    grads["dense2"], delta = dense_batch_backward(params["dense2"], cache["hidden"], delta, compute_dtype)
     delta = activation_backward("relu", cache["dense1"], delta)
     pooled = cache[f"pool{num_blocks}"]
     dense1_grads, delta = dense_batch_backward(_dense1_channels_last(params["dense1"], pooled.shape[1:]),
-                                               cache["flat"], delta)
+                                               cache["flat"], delta, compute_dtype)
     grads["dense1"] = {"W": _dense1_channels_first_grad(dense1_grads["W"], pooled.shape[1:]),
                        "b": dense1_grads["b"]}
     delta = delta.reshape(pooled.shape)
-    grads.update(_blocks_backward(params, to_channels_last(X, "CHW"), cache, delta, num_blocks, device_axis))
+    grads.update(_blocks_backward(params, to_channels_last(X, "CHW"), cache, delta, num_blocks, device_axis,
+                                  compute_dtype))
     return logits, new_state, grads
 
 
-def cnn_value_and_grads(params, state, X, Y):
+def cnn_value_and_grads(params, state, X, Y, *, compute_dtype=None):
     """Loss, new batch-norm state and gradients of `nnjax.network.cnn_loss` (train=True), by hand.
 
     The same values as `jax.value_and_grad(cnn_loss, has_aux=True)(params, state, X, Y)`,
@@ -346,16 +362,17 @@ def cnn_value_and_grads(params, state, X, Y):
       params, state: as `nnjax.network.cnn_init` returns.
       X: images (m, C, H, W).
       Y: one-hot targets (m, K) (soft targets summing to 1 work too).
+      compute_dtype: as `cnn_logits_and_grads`.
 
     Returns:
       ((loss, new_state), grads): loss the mean cross-entropy, new_state the updated running
       statistics, grads with params' structure.
     """
-    logits, new_state, grads = cnn_logits_and_grads(params, state, X, Y)
+    logits, new_state, grads = cnn_logits_and_grads(params, state, X, Y, compute_dtype=compute_dtype)
     return (jnp.mean(softmax_cross_entropy(logits, Y)), new_state), grads
 
 
-def cnn_grads(params, state, X, Y):
+def cnn_grads(params, state, X, Y, *, compute_dtype=None):
     """Gradients of the CNN's mean softmax cross-entropy over a batch, by hand-derived backprop.
 
     Equal to `jax.grad(nnjax.network.cnn_loss, has_aux=True)(params, state, X, Y)`: the chain
@@ -367,10 +384,11 @@ def cnn_grads(params, state, X, Y):
       params, state: as `nnjax.network.cnn_init` returns.
       X: images (m, C, H, W).
       Y: one-hot targets (m, K).
+      compute_dtype: as `cnn_logits_and_grads`.
 
     Returns:
       (grads, new_state): grads with params' structure; new_state the running statistics
       after this batch (batch norm runs in training mode).
     """
-    (_, new_state), grads = cnn_value_and_grads(params, state, X, Y)
+    (_, new_state), grads = cnn_value_and_grads(params, state, X, Y, compute_dtype=compute_dtype)
     return grads, new_state

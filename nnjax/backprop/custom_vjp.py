@@ -146,25 +146,26 @@ def conv2d_fast(params, x, stride=1, padding="valid", layout="CHW"):
     return _conv2d(stride, pads, layout, {"W": W, "b": b}, x)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _conv2d_batch(stride, pads, layout, chunk, params, X):
-    return conv2d_batch(params, X, stride, pads, layout, chunk)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _conv2d_batch(stride, pads, layout, chunk, compute_dtype, params, X):
+    return conv2d_batch(params, X, stride, pads, layout, chunk, compute_dtype)
 
 
-def _conv2d_batch_forward(stride, pads, layout, chunk, params, X):
-    return conv2d_batch(params, X, stride, pads, layout, chunk), (params["W"], X)
+def _conv2d_batch_forward(stride, pads, layout, chunk, compute_dtype, params, X):
+    return conv2d_batch(params, X, stride, pads, layout, chunk, compute_dtype), (params["W"], X)
 
 
-def _conv2d_batch_backward(stride, pads, layout, chunk, residuals, delta):
+def _conv2d_batch_backward(stride, pads, layout, chunk, compute_dtype, residuals, delta):
     W, X = residuals
-    grads = conv2d_param_grads(X, delta, W.shape[2:], stride, pads, layout, chunk)
-    return grads, conv2d_input_grad(W, delta, spatial_shape(X[0], layout), stride, pads, layout)
+    grads = conv2d_param_grads(X, delta, W.shape[2:], stride, pads, layout, chunk, compute_dtype)
+    return grads, conv2d_input_grad(W, delta, spatial_shape(X[0], layout), stride, pads, layout, compute_dtype)
 
 
 _conv2d_batch.defvjp(_conv2d_batch_forward, _conv2d_batch_backward)
 
 
-def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
+def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None,
+                      compute_dtype=None):
     """`nnjax.layers.conv2d_batch` (a whole batch) whose gradient is hand-derived at batch level.
 
     Same arguments, checks and result as `conv2d_batch`. Under `jax.grad`: dW and db from
@@ -172,9 +173,12 @@ def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk:
     over examples and pixels, as the product's row for an input of 1), dX from
     `conv2d_input_grad` (one convolution). The CNN's
     training step runs its convolutions through this (`nnjax.network.cnn_apply_batch`).
+    With a `compute_dtype` other than W's, the forward and both gradients run in that mixed
+    precision (every product on `compute_dtype` operands, summed in W's dtype).
     """
     W, b, X, stride, pads = check_conv_batch_args("conv2d_batch_fast", params, X, stride, padding, layout)
-    return _conv2d_batch(stride, pads, layout, chunk, {"W": W, "b": b}, X)
+    compute_dtype = mixed_dtype("conv2d_batch_fast", compute_dtype, W.dtype)
+    return _conv2d_batch(stride, pads, layout, chunk, compute_dtype, {"W": W, "b": b}, X)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

@@ -29,8 +29,9 @@ import numpy as np
 import jax
 from jax import lax
 
-from nnjax._checks import as_pair, check_choice, check_float_array, check_positive_int, check_rank, check_shape
-from nnjax.layers.dense import init_weights
+from nnjax._checks import (as_pair, check_choice, check_float_array, check_positive_int, check_rank, check_shape,
+                           mixed_dtype)
+from nnjax.layers.dense import init_weights, mixed_matmul
 from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, spatial_shape, to_channels_last
 
 __all__ = [
@@ -438,7 +439,8 @@ def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
     return W, b, X.astype(W.dtype), stride, pads
 
 
-def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None):
+def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None,
+                 compute_dtype=None):
     """`conv2d` on a whole batch: jax.vmap(conv2d)(X) computed as im2col matrix products.
 
     Z_n = patches(X_n) @ W_mat + b = [patches(X_n) | 1] @ [W_mat; b] for each example n
@@ -457,17 +459,25 @@ def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int 
       X: (m, C_in, H, W) (or (m, H, W, C_in) with layout="HWC").
       stride, padding, layout: as `conv2d`.
       chunk: examples per matrix product, to bound the patches' memory; None: the whole batch.
+      compute_dtype: None, or a floating dtype such as "bfloat16" for mixed precision: the
+        product on patches and [W_mat; b] of that dtype, summed in W's dtype
+        (`nnjax.layers.dense.mixed_matmul`; both are row-major arrays, which XLA's CPU backend
+        needs to keep a bfloat16 product on its bfloat16 kernels).
 
     Returns:
-      (m, C_out, H', W') (or (m, H', W', C_out)), equal to jax.vmap(conv2d)(X).
+      (m, C_out, H', W') (or (m, H', W', C_out)), equal to jax.vmap(conv2d)(X); in W's dtype.
     """
     W, b, X, stride, pads = check_conv_batch_args("conv2d_batch", params, X, stride, padding, layout)
+    compute_dtype = mixed_dtype("conv2d_batch", compute_dtype, W.dtype)
     X = to_channels_last(X, layout)
     kernel_and_bias = jnp.concatenate([kernel_matrix(W), b[None]])
     out_hw = conv_output_shape(X.shape[1:3], W.shape[2:], stride, pads)
 
     def convolve(Xc):
-        return (patch_rows(Xc, W.shape[2:], stride, pads) @ kernel_and_bias).reshape(-1, *out_hw, W.shape[0])
+        patches = patch_rows(Xc, W.shape[2:], stride, pads)
+        Z = patches @ kernel_and_bias if compute_dtype is None else \
+            mixed_matmul(patches, kernel_and_bias, compute_dtype, W.dtype)
+        return Z.reshape(-1, *out_hw, W.shape[0])
 
     Z = map_chunks(convolve, [X], chunk)
     return from_channels_last(Z, layout)

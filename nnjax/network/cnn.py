@@ -105,7 +105,7 @@ def cnn_apply(params, state, x, *, train, axis_name="batch"):
     return logits, new_state
 
 
-def cnn_apply_batch(params, state, X, *, train, device_axis=None):
+def cnn_apply_batch(params, state, X, *, train, device_axis=None, compute_dtype=None):
     """Logits of a batch of images: `cnn_apply` under `jax.vmap(..., axis_name="batch")`, with
     the convolutions run on the whole batch.
 
@@ -120,11 +120,16 @@ def cnn_apply_batch(params, state, X, *, train, device_axis=None):
       train: batch statistics and a state update (True) or the running statistics (False).
       device_axis: the name of an enclosing `shard_map`/`pmap` axis over which the batch is
         split, or None: batch norm's statistics then span every device's examples.
+      compute_dtype: None, or a floating dtype such as "bfloat16": the mixed precision of
+        `nnjax.backprop.cnn_logits_and_grads` (the im2col convolutions' and the dense layers'
+        products on operands of that dtype, the rest in the parameters' dtype), whose
+        hand-derived gradients autodiff of this then computes.
 
     Returns:
       (logits (m, K), new_state).
     """
-    logits, new_state, _ = _forward("cnn_apply_batch", params, state, X, train, batch=True, device_axis=device_axis)
+    logits, new_state, _ = _forward("cnn_apply_batch", params, state, X, train, batch=True, device_axis=device_axis,
+                                    compute_dtype=compute_dtype)
     return logits, new_state
 
 
