@@ -82,8 +82,8 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
     run.add_argument("--grads", choices=training.GRAD_SOURCES, default="autodiff",
                      help="gradients from jax.value_and_grad or from the hand-derived backprop")
     run.add_argument("--gradcheck", action=argparse.BooleanOptionalAction, default=None,
-                     help="compare autodiff and manual gradients on the first batch and time "
-                          "both (default: on with --grads manual)")
+                     help="compare autodiff and manual gradients on the first batch, in the run's "
+                          "--compute-dtype, and time both (default: on with --grads manual)")
     run.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
                      help="one lax.scan per epoch, a Python loop over the jitted step, or the "
                           "measured default for this model and backend")

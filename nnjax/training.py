@@ -933,7 +933,7 @@ def evaluate(evaluate_batch: Callable, params, state, eval_set: _EvalSet,
 
 
 def compare_gradient_sources(model: Model, params, state, inputs, targets,
-                             repeats: int = 10) -> dict:
+                             repeats: int = 10, compute_dtype: str = "float32") -> dict:
     """Autodiff vs hand-derived gradients on one batch: agreement and time per call.
 
     The two sources `train` can step with: ``jax.value_and_grad`` of the model's loss (whose
@@ -948,13 +948,18 @@ def compare_gradient_sources(model: Model, params, state, inputs, targets,
       params, state: the network.
       inputs, targets: one prepared batch and its (smoothed) one-hot targets.
       repeats: timed calls of each, after one warm-up call; the median is reported.
+      compute_dtype: the precision both sources run in, as `TrainConfig.compute_dtype`:
+        with ``"bfloat16"`` the hand-derived mixed-precision backward against autodiff of
+        the mixed-precision forward (the same rounding points, so the float32 tolerances
+        hold).
 
     Returns:
       ``{"passed", "report" (the `nnjax.gradcheck.compare` table), "autodiff_ms",
       "manual_ms"}``.
     """
+    check_choice("compare_gradient_sources", "compute_dtype", compute_dtype, COMPUTE_DTYPES)
     options = compiler_options(model_kind=model.kind)
-    sources = {name: jax.jit(lambda p, s, x, y, f=_gradient_fn(model, name): f(p, s, x, y)[0],
+    sources = {name: jax.jit(lambda p, s, x, y, f=_gradient_in(model, name, compute_dtype): f(p, s, x, y)[0],
                              compiler_options=options)
                for name in GRAD_SOURCES}
     grads, times = {}, {}
@@ -1258,12 +1263,13 @@ def _run_epoch(compiled: _Compiled, carry, data: _Data, batches, batch_size: int
 
 
 def _check_first_batch(model: Model, run: _RunState, data: _Data, first_batch,
-                       label_smoothing: float, log: Callable) -> dict:
-    """`compare_gradient_sources` on the run's first batch, logged."""
+                       config: TrainConfig, log: Callable) -> dict:
+    """`compare_gradient_sources` on the run's first batch, in the run's precision, logged."""
     check = compare_gradient_sources(model, run.params, run.model_state,
                                      model.prepare(data.images[first_batch]),
-                                     _targets(data.labels[first_batch], label_smoothing))
-    log(f"gradient check on the first batch (autodiff vs manual): "
+                                     _targets(data.labels[first_batch], config.label_smoothing),
+                                     compute_dtype=config.compute_dtype)
+    log(f"gradient check on the first batch ({config.compute_dtype}, autodiff vs manual): "
         f"{'PASSED' if check['passed'] else 'FAILED'}; step time autodiff "
         f"{check['autodiff_ms']:.2f} ms, manual {check['manual_ms']:.2f} ms\n{check['report']}")
     return check
@@ -1284,7 +1290,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
       stop_after_epoch: stop after this epoch's checkpoint, as if the run were killed
         (returns the partial results, writes no results.json); resume later.
       check_grads: before training, compare autodiff and manual gradients on the first batch
-        and time both (`compare_gradient_sources`).
+        in the run's precision and time both (`compare_gradient_sources`).
       progress: show a tqdm bar per epoch.
       log: where the per-epoch summary lines go.
 
@@ -1318,7 +1324,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     gradient_check = None
     if check_grads:
         first_batch = compiled.batches(jax.random.fold_in(run.shuffle_key, 0))[0]
-        gradient_check = _check_first_batch(model, run, data, first_batch, config.label_smoothing, log)
+        gradient_check = _check_first_batch(model, run, data, first_batch, config, log)
 
     config_dict = dataclasses.asdict(config)
     params, opt_state, model_state, history = run.params, run.opt_state, run.model_state, run.history

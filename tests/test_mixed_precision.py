@@ -437,3 +437,32 @@ def test_a_bad_compute_dtype_is_named_by_the_convolutions(call, name):
 def test_a_bad_compute_dtype_is_named_by_the_cnn(call, name):
     with pytest.raises(TypeError, match=rf"{name}: compute_dtype must be a floating dtype such as 'bfloat16'"):
         call(*small_cnn(10, m=2))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_the_gradient_check_compares_the_sources_in_mixed_precision(kind):
+    """`compare_gradient_sources(..., compute_dtype="bfloat16")`, which `train(check_grads=True)`
+    runs in the run's precision: the hand-derived and autodiff mixed gradients agree to the
+    float32 tolerances; a hand-derived gradient off by bfloat16 rounding of its own (here the
+    plain float32 gradient against the mixed autodiff one) fails them."""
+    import dataclasses
+
+    from nnjax import training
+
+    model = mlp_model() if kind == "mlp" else cnn_model(channels=(12, 4), hidden=6)
+    params, state = model.init(jax.random.key(2))
+    data = random_images(16, seed=3)
+    inputs, targets = model.prepare(data.images), jax.nn.one_hot(data.labels, 10)
+    check = training.compare_gradient_sources(model, params, state, inputs, targets, repeats=1,
+                                              compute_dtype="bfloat16")
+    assert check["passed"], check["report"]
+
+    def float32_manual(params, state, inputs, targets, device_axis=None, *, compute_dtype=None):
+        return model.manual_grads(params, state, inputs, targets, device_axis)
+
+    unmixed = dataclasses.replace(model, manual_grads=float32_manual)
+    check = training.compare_gradient_sources(unmixed, params, state, inputs, targets, repeats=1,
+                                              compute_dtype="bfloat16")
+    assert not check["passed"], check["report"]
+    with pytest.raises(ValueError, match="compare_gradient_sources: compute_dtype='int8' is not allowed"):
+        training.compare_gradient_sources(model, params, state, inputs, targets, compute_dtype="int8")
