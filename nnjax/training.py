@@ -335,8 +335,8 @@ class TrainConfig:
         at batch 1024 and 1.3-1.4x at 128, test accuracy unchanged, docs/benchmarks.md; on
         CPUs without bfloat16 instructions it is slower: `scripts/bench_products.py` tells).
         The CNN does the same for its im2col convolutions and dense layers; its fused first
-        block, batch norm and pooling stay float32 (its SGD step ran 1.25x faster at batch
-        128 on that Xeon, `nnjax.backprop.cnn_logits_and_grads`). A `Model` without its own
+        block, batch norm and pooling stay float32 (its SGD step ran 1.16-1.28x faster at
+        batch 128 on that Xeon, level at 1024; `nnjax.backprop.cnn_logits_and_grads`). A `Model` without its own
         mixed precision runs on bfloat16 copies of the parameters and inputs. Either way the
         parameters, optimizer state, batch-norm statistics and the loss stay float32
         (`make_train_step`). Evaluation always runs in float32.

@@ -43,8 +43,7 @@ from nnjax.layers.conv import (FAST_CONV_DIMENSIONS, check_conv_args, conv_outpu
 from nnjax.layers.dense import mixed_matmul, written_transpose
 from nnjax.layers.layout import from_channels_last, image_shape, spatial_shape, to_channels_first, to_channels_last
 
-__all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad",
-           "conv2d_input_grad_mixed"]
+__all__ = ["conv2d_backward", "conv2d_weight_grad", "conv2d_param_grads", "conv2d_input_grad"]
 
 
 def _unused_rows(in_hw, kernel_hw, stride, pads, out_hw):
@@ -149,15 +148,16 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW", compute_dtype
       stride: (sh, sw).
       pads: ((top, bottom), (left, right)).
       layout: "CHW" or "HWC", the layout of each example.
-      compute_dtype: None, or a floating dtype such as "bfloat16" for mixed precision:
-        `conv2d_input_grad_mixed`.
+      compute_dtype: None, or a floating dtype such as "bfloat16" for mixed precision: ONE
+        product on operands of that dtype and col2im instead of the convolution
+        (`_input_grad_col2im`).
 
     Returns:
       dx: (N, C_in, H, W) ((N, H, W, C_in) with layout="HWC").
     """
     compute_dtype = mixed_dtype("conv2d_input_grad", compute_dtype, W.dtype)
     if compute_dtype is not None:
-        return conv2d_input_grad_mixed(W, delta, in_hw, stride, pads, layout, compute_dtype)
+        return _input_grad_col2im(W, delta, in_hw, stride, pads, layout, compute_dtype)
     kernel_hw = W.shape[2:]
     out_hw = delta.shape[2:] if layout == "CHW" else delta.shape[1:3]
     unused = _unused_rows(in_hw, kernel_hw, stride, pads, out_hw)
@@ -169,7 +169,7 @@ def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW", compute_dtype
     return from_channels_last(dx, layout)
 
 
-def conv2d_input_grad_mixed(W, delta, in_hw, stride, pads, layout, compute_dtype):
+def _input_grad_col2im(W, delta, in_hw, stride, pads, layout, compute_dtype):
     """dL/dx for a batch in mixed precision: one matrix product, then col2im.
 
     Row (n, i, j) of dP = delta_mat @ W_mat^T is dL/d(patch of output pixel (n, i, j)), the
