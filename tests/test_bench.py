@@ -265,7 +265,7 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
     assert done.returncode == 0, done.stderr
     parts = dict(line.split(": exit ") for line in (out / "parts.txt").read_text().splitlines())
     assert list(parts) == ["tta_cnn_bf16", "tta_cnn_f32", "tta_cnn_b128", "tta_mlp", "bench_cnn_128", "bench_cnn_1024",
-                           "bench_mlp_128", "bench_mlp_1024", "bench_mlp_1024_bf16", "profile"]
+                           "bench_mlp_128", "bench_mlp_1024", "bench_mlp_1024_bf16", "bench_cnn_128_bf16", "profile"]
     assert parts["bench_cnn_1024"].startswith("3 ") and all(
         status.startswith("0 ") for name, status in parts.items() if name != "bench_cnn_1024")
     for name in parts:
@@ -274,7 +274,8 @@ def test_gpu_script_runs_every_part_and_survives_a_failing_one(tmp_path):
         assert {"tta": "bench_time_to_accuracy.py", "bench": "bench.py --modes scan --compile-workers 8",
                 "profile": "bench.py --profile --models mlp,cnn --batch-sizes 1024"}[name.split("_")[0]] in logged
     assert "compute_dtype=float32" in (out / "tta_cnn_f32.log").read_text()
-    assert "--compute-dtype bfloat16" in (out / "bench_mlp_1024_bf16.log").read_text()
+    for name in ("bench_mlp_1024_bf16", "bench_cnn_128_bf16"):
+        assert "--compute-dtype bfloat16" in (out / f"{name}.log").read_text()
     assert "--models mlp --batch-sizes 128 --frameworks nnjax,raw_jax,flax,equinox,torch,torch_compile" \
         in (out / "bench_mlp_128.log").read_text()
 
