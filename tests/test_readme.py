@@ -33,6 +33,8 @@ def test_cnn_example_runs_as_written():
     code = _python_block_after("## Convolutional networks")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "all 12 leaves agree" in result.stdout, result.stdout
+    assert "conv2 / W in mixed precision: relative change 0.0" in result.stdout, result.stdout
 
 
 def test_readme_make_targets_exist():
