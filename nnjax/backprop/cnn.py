@@ -212,13 +212,13 @@ def _forward(fn: str, params, state, x, train, axis_name="batch", *, batch=False
     parameters' dtype.
     """
     each = _vmapped if batch else _per_example
-    conv = partial(_conv_batch, compute_dtype=compute_dtype) if batch else _conv
     if batch:
         axis_name = batch_axes(device_axis)
         x = check_float_array(fn, "X", x)
         check_rank(fn, "X", x, 4, "a batch (m, C, H, W); for one image use cnn_apply")
     n = _check_input(fn, params, state, x[0] if batch else x)
     compute_dtype = mixed_dtype(fn, compute_dtype, params["conv1"]["W"].dtype)
+    conv = partial(_conv_batch, compute_dtype=compute_dtype) if batch else _conv
     cache, new_state, h = {}, {}, to_channels_last(x, "CHW")
     pool = each(lambda a: max_pool2d_fast(a, POOL_WINDOW, layout=_LAYOUT))
     for i in range(1, n + 1):

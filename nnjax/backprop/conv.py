@@ -123,11 +123,11 @@ def _patch_product(fn: str, X, delta, kernel_hw, stride, pads, layout, chunk, bi
         return mixed_matmul(written_transpose(delta_mat), patches, compute_dtype, delta_mat.dtype)
 
     product = sum_chunks(chunk_grad, [X, delta], chunk)
-    if compute_dtype is None:
-        grads = {"W": product[:features].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1), "b": product[-1]}
-    else:
-        grads = {"W": product[:, :features].reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2), "b": product[:, -1]}
-    return grads if bias else {"W": grads["W"]}
+    if compute_dtype is None:  # (features [+ 1], C_out)
+        dW, db = product[:features].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1), product[features:]
+    else:  # (C_out, features [+ 1])
+        dW, db = product[:, :features].reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2), product[:, features:]
+    return {"W": dW, "b": db.reshape(c_out)} if bias else {"W": dW}
 
 
 def conv2d_input_grad(W, delta, in_hw, stride, pads, layout="CHW", compute_dtype=None):
