@@ -164,9 +164,10 @@ class Model:
         logits of the forward pass they ran, or None if there are none.
       describe: settings recorded in the run's config (and checked on ``--resume``).
       mixed_precision: True if ``apply`` and ``manual_grads`` take a ``compute_dtype``
-        keyword and run mixed precision themselves (the matrix products on operands of that
-        dtype, the rest in float32); False to run them on `compute_dtype` copies of the
-        parameters and inputs (`TrainConfig.compute_dtype`).
+        keyword and run mixed precision themselves (matrix products on operands of that
+        dtype, the rest in float32: all of the MLP's products, the CNN's im2col convolutions
+        and dense layers); False to run them on `compute_dtype` copies of the parameters and
+        inputs (`TrainConfig.compute_dtype`).
     """
     kind: str
     init: Callable
