@@ -337,10 +337,10 @@ class TrainConfig:
         CPUs without bfloat16 instructions it is slower: `scripts/bench_products.py` tells).
         The CNN does the same for its im2col convolutions and dense layers; its fused first
         block, batch norm and pooling stay float32 (its SGD step ran 1.16-1.28x faster at
-        batch 128 on that Xeon, level at 1024; `nnjax.backprop.cnn_logits_and_grads`). A `Model` without its own
-        mixed precision runs on bfloat16 copies of the parameters and inputs. Either way the
-        parameters, optimizer state, batch-norm statistics and the loss stay float32
-        (`make_train_step`). Evaluation always runs in float32.
+        batch 128 on that Xeon, level at 1024; `nnjax.backprop.cnn_logits_and_grads`). A
+        `Model` without its own mixed precision runs on bfloat16 copies of the parameters and
+        inputs. Either way the parameters, optimizer state, batch-norm statistics and the
+        loss stay float32 (`make_train_step`). Evaluation always runs in float32.
       eval_batch_size: examples per evaluation call.
       devices: how many of the backend's devices share each batch (data parallelism), or
         ``"auto"`` (`DATA_PARALLEL_DEFAULTS`; see `resolve_devices`).
@@ -671,33 +671,28 @@ def _targets(labels, label_smoothing):
     return one_hot * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
 
 
-def _batch_loss(model: Model, params, state, inputs, targets, device_axis, compute_dtype=None):
+def _batch_loss(model: Model, params, state, inputs, targets, device_axis):
     """Mean softmax cross-entropy of a training batch (this device's share of it); aux is
-    (logits, new_state). A `compute_dtype` goes to the model's own mixed precision."""
-    mixed = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
-    logits, new_state = model.apply(params, state, inputs, True, device_axis, **mixed)
+    (logits, new_state)."""
+    logits, new_state = model.apply(params, state, inputs, True, device_axis)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return jnp.mean(softmax_cross_entropy(logits, targets)), (logits, new_state)
 
 
-def _gradient_fn(model: Model, grads: str, compute_dtype: str | None = None) -> Callable:
+def _gradient_fn(model: Model, grads: str) -> Callable:
     """``(params, state, inputs, targets, device_axis=None) -> (grads, logits, new_state)``
     from either source; with a device axis, the gradients of this device's mean loss (batch
-    norm's statistics spanning all devices), whose mean across devices is the whole batch's.
-    A `compute_dtype` is passed to a model that does mixed precision itself."""
+    norm's statistics spanning all devices), whose mean across devices is the whole batch's."""
     if grads == "autodiff":
         def autodiff(params, state, inputs, targets, device_axis=None):
             value_and_grad = jax.value_and_grad(_batch_loss, argnums=1, has_aux=True)
-            (_, (logits, new_state)), g = value_and_grad(model, params, state, inputs, targets, device_axis,
-                                                         compute_dtype)
+            (_, (logits, new_state)), g = value_and_grad(model, params, state, inputs, targets, device_axis)
             return g, logits, new_state
         return autodiff
     if model.manual_grads is None:
         raise ValueError(f"train: grads='manual' but the {model.kind} model has no hand-derived "
                          f"gradients; use grads='autodiff'")
-    if compute_dtype is None:
-        return model.manual_grads
-    return functools.partial(model.manual_grads, compute_dtype=compute_dtype)
+    return model.manual_grads
 
 
 class _Data(NamedTuple):
@@ -712,11 +707,15 @@ def _cast_floats(tree, dtype):
 
 def _gradient_in(model: Model, grads: str, compute_dtype: str) -> Callable:
     """`_gradient_fn` in `compute_dtype`: float32 as it is; otherwise the model's own mixed
-    precision where it has one (`Model.mixed_precision`), else `_in_compute_dtype`."""
+    precision where it has one (`Model.mixed_precision`: its ``apply`` and ``manual_grads``
+    with `compute_dtype` bound), else `_in_compute_dtype`."""
     if compute_dtype == "float32":
         return _gradient_fn(model, grads)
     if model.mixed_precision:
-        return _gradient_fn(model, grads, compute_dtype)
+        def bound(fn):
+            return None if fn is None else functools.partial(fn, compute_dtype=compute_dtype)
+        return _gradient_fn(dataclasses.replace(model, apply=bound(model.apply),
+                                                manual_grads=bound(model.manual_grads)), grads)
     return _in_compute_dtype(_gradient_fn(model, grads), compute_dtype)
 
 

@@ -77,9 +77,11 @@ def dense_batch_backward(params, A, Delta, compute_dtype=None):
                 f" = (m, n_out) to match A of shape {A.shape} and W of shape {params['W'].shape}")
     W = params["W"]
     compute_dtype = mixed_dtype("dense_batch_backward", compute_dtype, W.dtype)
-    if compute_dtype is not None:
+    if compute_dtype is None:
+        dW = lax.platform_dependent(Delta, A, cpu=lambda Delta, A: lax.optimization_barrier(Delta.T) @ A,
+                                    default=lambda Delta, A: Delta.T @ A)
+        dA = Delta @ W
+    else:
         dW = mixed_matmul(written_transpose(Delta), A, compute_dtype, W.dtype)
-        return {"W": dW, "b": jnp.sum(Delta, axis=0)}, mixed_matmul(Delta, W, compute_dtype, W.dtype)
-    dW = lax.platform_dependent(Delta, A, cpu=lambda Delta, A: lax.optimization_barrier(Delta.T) @ A,
-                                default=lambda Delta, A: Delta.T @ A)
-    return {"W": dW, "b": jnp.sum(Delta, axis=0)}, Delta @ W
+        dA = mixed_matmul(Delta, W, compute_dtype, W.dtype)
+    return {"W": dW, "b": jnp.sum(Delta, axis=0)}, dA
