@@ -60,8 +60,8 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
     of each example as rows (`nnjax.layers.conv.batch_patches`, one row per output pixel) and
     delta as the matching rows delta_mat, that is delta_mat^T @ patches (one row per output
     channel, one column per patch feature), the examples and pixels contracted in one matrix
-    product (one per chunk of `chunk` examples, `sum_chunks`). The per-example weight gradients are never
-    materialized. (As ONE `lax.conv_general_dilated` with the example index as its contracted
+    product (one per chunk of `chunk` examples, `sum_chunks`). The per-example weight
+    gradients are never materialized. (As ONE `lax.conv_general_dilated` with the example index as its contracted
     feature axis, the same sum ran 3 to 8 times slower on CPU: `nnjax.layers.conv2d_batch`.)
 
     Args:
@@ -108,10 +108,10 @@ def _patch_product(fn: str, X, delta, kernel_hw, stride, pads, layout, chunk, bi
     """delta_mat^T @ patches summed over chunks (with a column of ones when `bias`), as
     {"W": dW} or {"W": dW, "b": db}, read from the (C_out, features [+ 1]) product as it comes.
 
-    This orientation is the faster one: measured on a 2-core CPU (jax 0.10.2), the CNN's float32
-    train step took 201-202 against 209-214 ms at batch 1024 and 24.2-24.6 against 25.3-26.8 ms
-    at 128 than with the product patches^T @ delta_mat (alone, at 123,904 rows: 42.6 against
-    52.2 ms). In mixed precision delta_mat^T is written out, so that both operands are
+    This orientation is the faster one: measured on a 2-core CPU (jax 0.10.2), the CNN's
+    float32 train step took 201-202 ms at batch 1024 and 24.2-24.6 ms at 128, against 209-214
+    and 25.3-26.8 ms with the product patches^T @ delta_mat (alone, at 123,904 rows: 42.6
+    against 52.2 ms). In mixed precision delta_mat^T is written out, so that both operands are
     row-major, and the product must not be transposed: XLA would fold the transpose back into
     it as patches^T @ delta_mat, which its CPU backend has no bfloat16 kernel for (jax 0.10.2:
     "Unsupported element type for DotThunk")."""
