@@ -18,13 +18,13 @@ Differentiating the sum term by term with the upstream delta_{o,i,j} = dL/dz_{o,
 
 Two forms of the same formulas:
 - Batch level, `conv2d_weight_grad` and `conv2d_input_grad`, for callers that hold the batch.
-  dW is patches^T @ delta_mat with one row per (example, output pixel): the example index is
-  contracted inside the matrix product (over the whole batch, or chunk by chunk to bound its
-  memory), and the per-example weight gradients are never materialized. dx is ONE
-  `lax.conv_general_dilated` over the batch.
+  dW (and db) come from delta_mat^T @ [patches | 1], delta_mat and the patches with one row
+  per (example, output pixel): the example index is contracted inside the matrix product
+  (over the whole batch, or chunk by chunk to bound its memory), and the per-example weight
+  gradients are never materialized. dx is ONE `lax.conv_general_dilated` over the batch.
 - Batch level in mixed precision (``compute_dtype=``, the products on operands of that dtype
-  summed in float32): dW^T = delta_mat^T @ [patches | 1] with delta_mat^T written out (the
-  operands XLA's CPU backend keeps on its bfloat16 kernels), and dx as ONE product
+  summed in float32): the same product for dW with delta_mat^T written out (the operands
+  XLA's CPU backend keeps on its bfloat16 kernels), and dx as ONE product
   dP = delta_mat @ W_mat^T, whose rows are each output pixel's gradient with respect to its
   patch, then col2im: the kh*kw slices of dP added into the input at their window offsets.
 - Per example, `conv2d_backward` (the layer contract). The patch P_{c, i*s+m, j*s+n} is entry

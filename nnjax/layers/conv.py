@@ -413,7 +413,7 @@ def patch_rows(X, kernel_hw, stride, pads, bias: bool = True):
     """[patches | 1]: `batch_patches` as the rows of one matrix, each with a last feature 1.
 
     The bias is the weight of an input that is always 1 (the chapter's perceptron), so
-    patch_rows(X) @ [W_mat; b] is the convolution with its bias, and patch_rows(X)^T @ delta
+    patch_rows(X) @ [W_mat; b] is the convolution with its bias, and delta^T @ patch_rows(X)
     holds dW and db (`nnjax.backprop.conv2d_param_grads`). The forward pass and the weight
     gradient build the same matrix, which XLA then computes once per training step.
     With bias=False, the patches alone (no column of ones).
