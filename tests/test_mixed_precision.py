@@ -283,12 +283,12 @@ def resolved(X, stride, padding, layout):
 @pytest.mark.parametrize("layout", ["CHW", "HWC"])
 @pytest.mark.parametrize("stride,padding", CASES)
 def test_mixed_convolution_and_its_gradients_are_the_formulas_on_rounded_operands(x64, layout, stride, padding):
-    """Forward: the convolution of rounded X with rounded W and b (the bias is the weight of
-    the patches' constant input, an operand of the product too). dW, db: the plain gradients
-    of rounded X against rounded delta. dX: of rounded W against rounded delta."""
+    """Forward: the convolution of rounded X with rounded W, plus b in float64 (added after
+    the product, as the dense layer's). dW: the plain gradient of rounded X against rounded
+    delta; db: the sum of delta itself (no product). dX: of rounded W against rounded delta."""
     params, X = conv_batch(5, layout, seed=1)
     in_hw, s, pads = resolved(X, stride, padding, layout)
-    params_r = {k: rounded(v) for k, v in params.items()}
+    params_r = {"W": rounded(params["W"]), "b": params["b"]}
     out = conv2d_batch(params, X, stride, padding, layout, compute_dtype="bfloat16")
     want = plain_conv(params_r, rounded(X), stride, padding, layout)
     assert out.dtype == jnp.float64
@@ -297,7 +297,8 @@ def test_mixed_convolution_and_its_gradients_are_the_formulas_on_rounded_operand
 
     delta = jnp.asarray(np.random.default_rng(2).normal(size=out.shape))
     _, vjp_of_rounded_X = jax.vjp(lambda p: plain_conv(p, rounded(X), stride, padding, layout), params)
-    want_params = vjp_of_rounded_X(rounded(delta))[0]
+    want_params = {"W": vjp_of_rounded_X(rounded(delta))[0]["W"],
+                   "b": delta.sum(axis=(0, 2, 3) if layout == "CHW" else (0, 1, 2))}
     _, vjp_of_rounded_W = jax.vjp(lambda x: plain_conv(params_r, x, stride, padding, layout), X)
     want_dX = vjp_of_rounded_W(rounded(delta))[0]
     for chunk in (2, None):
