@@ -92,9 +92,9 @@ def conv2d_param_grads(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
     multiplies too) and db_o = sum over examples and pixels of delta_o. The bias is the weight
     of an input that is always 1 (the chapter's perceptron), so db is also the last column of
     delta_mat^T @ [patches | 1]; that one product (`patch_rows` with its column of ones) ran
-    slower than the product and a sum: every row kh*kw*C_in + 1 floats wide (the CNN's
-    float32 train step 22.1-22.9 against 22.8-23.9 ms at batch 128, bfloat16 203-207 against
-    209-215 ms at 1024, on the 2-core CPU with jax 0.10.2).
+    slower than the product and a sum, every row kh*kw*C_in + 1 floats wide (the CNN's
+    float32 train step 21.9-22.9 against 22.4-23.4 ms (min) at batch 128, bfloat16 203-207
+    against 209-215 ms at 1024, on the 2-core CPU with jax 0.10.2).
 
     Args:
       as `conv2d_weight_grad`.

@@ -447,11 +447,11 @@ def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int 
 
     Z_n = patches(X_n) @ W_mat + b for each example n (`patch_rows`, `kernel_matrix`): by
     default ONE product for the whole batch, else `chunk` examples per product
-    (`map_chunks`). The bias is added after the product rather than multiplied in as a
-    column of ones ([patches | 1] @ [W_mat; b]), which made every row kh*kw*C + 1 floats wide:
-    the CNN's float32 train step ran 22.1-22.9 against 22.8-23.9 ms at batch 128, its
-    bfloat16 step 203-207 against 209-215 ms at 1024. Measured on the 2-core CPU (jax 0.10.2), in
-    the CNN's train step: chunks of 64 (which an earlier version of this code needed to keep
+    (`map_chunks`). Measured on the 2-core CPU (jax 0.10.2), in the CNN's train step: the
+    bias added after the product rather than multiplied in as a column of ones
+    ([patches | 1] @ [W_mat; b], every row kh*kw*C + 1 floats wide) ran the float32 step in
+    21.9-22.9 against 22.4-23.4 ms (min) at batch 128, the bfloat16 one in 203-207 against
+    209-215 ms at 1024; chunks of 64 (which an earlier version of this code needed to keep
     the patches in the caches) ran no faster at batch 128 or 1024 and compiled slower (at
     1024, split across 2 devices: 363-409 ms per step unchunked against 409-449 in chunks
     of 64, 2.0 against 3.0 s to the first step). Against ONE XLA convolution
