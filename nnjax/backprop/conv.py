@@ -62,8 +62,9 @@ def conv2d_weight_grad(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
     delta as the matching rows delta_mat, that is delta_mat^T @ patches (one row per output
     channel, one column per patch feature), the examples and pixels contracted in one matrix
     product (one per chunk of `chunk` examples, `sum_chunks`). The per-example weight
-    gradients are never materialized. (As ONE `lax.conv_general_dilated` with the example index as its contracted
-    feature axis, the same sum ran 3 to 8 times slower on CPU: `nnjax.layers.conv2d_batch`.)
+    gradients are never materialized. (As ONE `lax.conv_general_dilated` with the example
+    index as its contracted feature axis, the same sum ran 3 to 8 times slower on CPU:
+    `nnjax.layers.conv2d_batch`.)
 
     Args:
       X: (N, C_in, H, W) layer inputs ((N, H, W, C_in) with layout="HWC").
@@ -91,10 +92,9 @@ def conv2d_param_grads(X, delta, kernel_hw, stride, pads, layout="CHW", chunk: i
     dW = delta_mat^T @ patches (`conv2d_weight_grad`, the patches `conv2d_batch`'s forward
     multiplies too) and db_o = sum over examples and pixels of delta_o. The bias is the weight
     of an input that is always 1 (the chapter's perceptron), so db is also the last column of
-    delta_mat^T @ [patches | 1]; that one product (`patch_rows` with its column of ones) ran
-    slower than the product and a sum, every row kh*kw*C_in + 1 floats wide (the CNN's
-    float32 train step 21.9-22.9 against 22.4-23.4 ms (min) at batch 128, bfloat16 203-207
-    against 209-215 ms at 1024, on the 2-core CPU with jax 0.10.2).
+    delta_mat^T @ [patches | 1]; that one product (`patch_rows` with its column of ones,
+    every row kh*kw*C_in + 1 floats wide) ran slower than the product and a sum (the
+    measurements: `nnjax.layers.conv2d_batch`, whose forward dropped the column with it).
 
     Args:
       as `conv2d_weight_grad`.
