@@ -365,3 +365,22 @@ def test_profile_books_asynchronous_library_work(tmp_path, bench_module):
     assert totals["dot.2"] == pytest.approx(0.050) and totals["conv.4"] == pytest.approx(0.015)
     assert totals["fusion.1"] == pytest.approx(0.010) and totals["reduce.5"] == pytest.approx(0.005)
     assert profile_step.op_kind(profile_step.IDLE) == "runtime"
+
+
+def test_profile_books_cross_device_reductions_apart(bench_module):
+    """A psum across devices (an all-reduce, tuple-shaped when XLA combines several) is
+    described by its whole shape and booked as a cross-device reduction, not element-wise
+    work: with the batch split, a device's time there is mostly waiting for the others."""
+    from bench_peers import profile_step
+    hlo = ("%psum.184 = f32[1,1,64]{2,1,0} all-reduce(%x), channel_id=1, to_apply=%add\n"
+           "%all-reduce.1 = (f32[64]{0}, f32[32]{0}) all-reduce(%a, %b), channel_id=2, to_apply=%add\n"
+           "%fusion.3 = f32[8,8]{1,0} fusion(%y), kind=kLoop, calls=%fused_computation.3\n"
+           "%fused_computation.3 (p: f32[8,8]) -> f32[8,8] {\n"
+           "  %exponential.1 = f32[8,8]{1,0} exponential(%p)\n}\n")
+    single = profile_step._fused_ops(hlo, "psum.184")
+    combined = profile_step._fused_ops(hlo, "all-reduce.1")
+    assert single == "f32[1,1,64]{2,1,0} all-reduce"
+    assert combined == "(f32[64]{0}, f32[32]{0}) all-reduce"
+    for what in (single, combined):
+        assert profile_step.op_kind(what) == "cross-device reductions (with waiting)"
+    assert profile_step.op_kind(profile_step._fused_ops(hlo, "fusion.3")) == "other element-wise"

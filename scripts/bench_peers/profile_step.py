@@ -20,14 +20,17 @@ import jax
 from bench_peers import common, nnjax_rows
 from nnjax import training
 
+COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+"""Cross-device operations: with the batch split across devices, a device's time in one of
+these includes waiting for the others to arrive (`op_kind` books them apart)."""
 LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
              "transpose", "pad", "slice", "dynamic-slice", "gather", "scatter", "maximum",
-             "compare", "exponential", "log", "rsqrt", "divide")
+             "compare", "exponential", "log", "rsqrt", "divide") + COLLECTIVE_OPS
 
 
 def _fused_ops(hlo: str, op_name: str) -> str:
     """The output shape of `op_name` in `hlo` and the notable operations it computes."""
-    line = re.search(r"^\s*(?:ROOT )?%?" + re.escape(op_name) + r" = (\S+) ([^\n]*)", hlo, re.M)
+    line = re.search(r"^\s*(?:ROOT )?%?" + re.escape(op_name) + r" = (\([^)]*\)|\S+) ([^\n]*)", hlo, re.M)
     if not line:
         return ""
     shape, rest = line.group(1), line.group(2)
@@ -212,7 +215,10 @@ def op_kind(what: str) -> str:
         return "library kernels"
     if what == IDLE:
         return "runtime"
-    fused = what.split()[1:]
+    shape = re.match(r"\([^)]*\)|\S+", what).group(0)
+    fused = what[len(shape):].split()
+    if any(op in fused for op in COLLECTIVE_OPS):
+        return "cross-device reductions (with waiting)"
     if "convolution" in fused:
         return "convolutions"
     if "dot" in fused:
