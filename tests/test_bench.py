@@ -369,7 +369,7 @@ def test_profile_books_asynchronous_library_work(tmp_path, bench_module):
 
 def test_profile_books_cross_device_reductions_apart(bench_module):
     """A psum across devices (an all-reduce, tuple-shaped when XLA combines several) is
-    described by its whole shape and booked as a cross-device reduction, not element-wise
+    described by its whole shape and booked as a cross-device collective, not element-wise
     work: with the batch split, a device's time there is mostly waiting for the others."""
     from bench_peers import profile_step
     hlo = ("%psum.184 = f32[1,1,64]{2,1,0} all-reduce(%x), channel_id=1, to_apply=%add\n"
@@ -382,5 +382,5 @@ def test_profile_books_cross_device_reductions_apart(bench_module):
     assert single == "f32[1,1,64]{2,1,0} all-reduce"
     assert combined == "(f32[64]{0}, f32[32]{0}) all-reduce"
     for what in (single, combined):
-        assert profile_step.op_kind(what) == "cross-device reductions (with waiting)"
+        assert profile_step.op_kind(what) == "cross-device collectives (waiting included)"
     assert profile_step.op_kind(profile_step._fused_ops(hlo, "fusion.3")) == "other element-wise"

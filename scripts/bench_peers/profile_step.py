@@ -3,7 +3,9 @@
 Runs nnjax's train step (`nnjax.training.make_train_step`, plain SGD) a few times under
 `jax.profiler`, reads the Perfetto trace it writes, sums each XLA op's (fusion's) time per
 step, and describes each op from the compiled HLO: its output shape and the operations fused
-inside (convolution, dot, reduce, select, transpose, ...). Used by `scripts/bench.py --profile`.
+inside (convolution, dot, reduce, select, transpose, ...). With the batch split across
+devices, the cross-device collectives (`COLLECTIVE_OPS`) are booked as a kind of their own:
+their time is mostly one device waiting for the others. Used by `scripts/bench.py --profile`.
 """
 from __future__ import annotations
 
@@ -218,7 +220,7 @@ def op_kind(what: str) -> str:
     shape = re.match(r"\([^)]*\)|\S+", what).group(0)
     fused = what[len(shape):].split()
     if any(op in fused for op in COLLECTIVE_OPS):
-        return "cross-device reductions (with waiting)"
+        return "cross-device collectives (waiting included)"
     if "convolution" in fused:
         return "convolutions"
     if "dot" in fused:
