@@ -384,3 +384,28 @@ def test_profile_books_cross_device_reductions_apart(bench_module):
     for what in (single, combined):
         assert profile_step.op_kind(what) == "cross-device collectives (waiting included)"
     assert profile_step.op_kind(profile_step._fused_ops(hlo, "fusion.3")) == "other element-wise"
+
+
+def test_profile_times_each_rendezvous(tmp_path, bench_module):
+    """`rendezvous` takes the named collectives' events one by one: their count per step, the
+    median (the rendezvous with the devices in step) and the time in long ones (a device held
+    up); other events do not count, and a trace without collectives gives None."""
+    from bench_peers import profile_step
+
+    def event(name, dur, tid):
+        return {"ph": "X", "pid": 1, "tid": tid, "name": name, "ts": 0, "dur": dur, "args": {"hlo_op": name}}
+
+    _write_trace(tmp_path / "cpu", [
+        _metadata("process_name", 1, "/host:CPU"),
+        event("psum.1", 100, 7), event("psum.1", 120, 8), event("psum.1", 3000, 7), event("psum.1", 90, 8),
+        event("all-reduce.2", 500, 7), event("all-reduce.2", 510, 8), event("fusion.3", 9000, 7)])
+    waits = profile_step.rendezvous(str(tmp_path / "cpu"), steps=2, collectives={"psum.1", "all-reduce.2"})
+    assert waits["per_step"] == 3 and waits["median_us"] == pytest.approx(310)
+    assert waits["ms"] == pytest.approx((100 + 120 + 3000 + 90 + 500 + 510) / 1e3 / 2)
+    assert waits["stall_ms"] == pytest.approx(3000 / 1e3 / 2)
+    assert profile_step.rendezvous(str(tmp_path / "cpu"), steps=2, collectives={"psum.9"}) is None
+    line = profile_step.format_profile({
+        "grads": "manual", "compute_dtype": "float32", "model": "cnn", "batch_size": 128, "step_ms": 24.0,
+        "ops_ms": 40.0, "after_ms": 0.0, "ops": [], "kinds_ms": {profile_step.COLLECTIVES: 2.2},
+        "collectives": waits})
+    assert "cross-device collectives: 3 events per step" in line and "1.50 ms of it in events over 1000 us" in line

@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import tempfile
 
 import jax
@@ -25,6 +26,8 @@ from nnjax import training
 COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 """Cross-device operations: with the batch split across devices, a device's time in one of
 these includes waiting for the others to arrive (`op_kind` books them apart)."""
+COLLECTIVES = "cross-device collectives (waiting included)"
+"""The kind `op_kind` gives an op computing one of `COLLECTIVE_OPS`."""
 LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
              "transpose", "pad", "slice", "dynamic-slice", "gather", "scatter", "maximum",
              "compare", "exponential", "log", "rsqrt", "divide") + COLLECTIVE_OPS
@@ -125,6 +128,36 @@ def async_tails(events) -> collections.Counter:
     return tails
 
 
+def _trace_events(trace_dir: str) -> list[dict]:
+    """The events of the Perfetto trace `jax.profiler` wrote under `trace_dir`."""
+    path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
+    with gzip.open(path) as handle:
+        trace = json.load(handle)
+    return trace["traceEvents"] if isinstance(trace, dict) else trace
+
+
+def rendezvous(trace_dir: str, steps: int, collectives, stall_us: float = 1000.0) -> dict | None:
+    """How long the cross-device collectives named in `collectives` took, event by event.
+
+    On a CPU each device runs its own copy of a collective, which returns when every device
+    has arrived: with the devices in step its time is the rendezvous itself, and a long one
+    means a device was held up (its core busy elsewhere). The median tells the first, the
+    time in events over `stall_us` the second.
+
+    Returns:
+      None if the trace has no such event, else {"per_step": events per step (devices x
+      collectives), "median_us": the median event, "ms": milliseconds per step in all of
+      them, "stall_us", "stall_ms": of "ms", in events longer than `stall_us`}.
+    """
+    durations = sorted(event["dur"] for event in _trace_events(trace_dir)
+                       if event.get("ph") == "X" and event["name"] in collectives)
+    if not durations:
+        return None
+    return {"per_step": len(durations) / steps, "median_us": statistics.median(durations),
+            "ms": sum(durations) / 1e3 / steps, "stall_us": stall_us,
+            "stall_ms": sum(d for d in durations if d > stall_us) / 1e3 / steps}
+
+
 def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collections.Counter, bool]:
     """Milliseconds per step of each event in the Perfetto trace under `trace_dir`.
 
@@ -138,10 +171,7 @@ def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collectio
       trace has one, so that a kernel is not counted twice. The GPU branch is tested on
       hand-made traces only.
     """
-    path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
-    with gzip.open(path) as handle:
-        trace = json.load(handle)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    events = _trace_events(trace_dir)
     names = {(event["name"], event.get("pid"), event.get("tid")): event.get("args", {}).get("name", "")
              for event in events if event.get("ph") == "M"}
     device_pids = {pid for (kind, pid, _), name in names.items() if kind == "process_name" and name.startswith("/device:")}
@@ -168,7 +198,8 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
       {"model", "batch_size", "grads", "compute_dtype", "step_ms" (wall, unprofiled), "ops_ms" (sum of the XLA
       ops' times per step, `BETWEEN_OPS` included), "after_ms" (of it, time ops ran on after
       their events, `async_tails`, `BETWEEN_OPS` not included), "ops": [{"name", "ms", "after_ms", "share", "what"}] for
-      the `top` slowest ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`)}.
+      the `top` slowest ops, "kinds_ms": {kind: ms} summed over all ops (`op_kind`),
+      "collectives": `rendezvous` of its cross-device collectives, or None}.
     """
     images, labels = common.synthetic_mnist(batch_size * 4)
     data = common.cut_epoch(images, labels, batch_size, 4)
@@ -192,7 +223,9 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         run(steps)
         jax.profiler.stop_trace()
         totals, after, on_device = op_times(trace_dir, steps)
-    described = [(name, ms, _describe(hlo, name, on_device)) for name, ms in totals.most_common()]
+        described = [(name, ms, _describe(hlo, name, on_device)) for name, ms in totals.most_common()]
+        waits = rendezvous(trace_dir, steps, {name for name, _, what in described
+                                              if what and op_kind(what) == COLLECTIVES})
     ops_ms = sum(ms for _, ms, what in described if what)
     ops = [{"name": name, "ms": ms, "after_ms": after.get(name, 0.0), "share": ms / ops_ms, "what": what}
            for name, ms, what in described if what]
@@ -201,7 +234,8 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         kinds[op_kind(op["what"])] += op["ms"]
     return {"model": model, "batch_size": batch_size, "grads": grads, "compute_dtype": compute_dtype,
             "step_ms": step_ms, "ops_ms": ops_ms,
-            "after_ms": sum(op["after_ms"] for op in ops if op["name"] != BETWEEN_OPS), "ops": ops[:top], "kinds_ms": dict(kinds.most_common())}
+            "after_ms": sum(op["after_ms"] for op in ops if op["name"] != BETWEEN_OPS), "ops": ops[:top],
+            "kinds_ms": dict(kinds.most_common()), "collectives": waits}
 
 
 def _describe(hlo: str, name: str, on_device: bool) -> str:
@@ -220,7 +254,7 @@ def op_kind(what: str) -> str:
     shape = re.match(r"\([^)]*\)|\S+", what).group(0)
     fused = what[len(shape):].split()
     if any(op in fused for op in COLLECTIVE_OPS):
-        return "cross-device collectives (waiting included)"
+        return COLLECTIVES
     if "convolution" in fused:
         return "convolutions"
     if "dot" in fused:
@@ -241,6 +275,11 @@ def format_profile(result: dict) -> str:
     for op in result["ops"]:
         lines.append(f"{op['ms']:8.2f} {op['after_ms']:6.2f} {100 * op['share']:5.1f}%  {op['name'][:34]:34s} "
                      f"{op['what'][:110]}")
+    waits = result["collectives"]
+    if waits:
+        lines.append(f"cross-device collectives: {waits['per_step']:.0f} events per step (each device runs its own), "
+                     f"median {waits['median_us']:.0f} us, {waits['ms']:.2f} ms per step summed over devices, "
+                     f"{waits['stall_ms']:.2f} ms of it in events over {waits['stall_us']:.0f} us (a device held up)")
     lines.append("by kind: " + ", ".join(f"{kind} {ms:.1f} ms ({100 * ms / result['ops_ms']:.0f}%)"
                                          for kind, ms in result["kinds_ms"].items()))
     return "\n".join(lines)
