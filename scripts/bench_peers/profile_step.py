@@ -4,8 +4,9 @@ Runs nnjax's train step (`nnjax.training.make_train_step`, plain SGD) a few time
 `jax.profiler`, reads the Perfetto trace it writes, sums each XLA op's (fusion's) time per
 step, and describes each op from the compiled HLO: its output shape and the operations fused
 inside (convolution, dot, reduce, select, transpose, ...). With the batch split across
-devices, the cross-device collectives (`COLLECTIVE_OPS`) are booked as a kind of their own:
-their time is mostly one device waiting for the others. Used by `scripts/bench.py --profile`.
+devices, the cross-device collectives (`COLLECTIVE_OPS`) are booked as a kind of their own,
+and `rendezvous` splits their time into the meetings themselves and the waits for a device
+held up. Used by `scripts/bench.py --profile`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from nnjax import training
 
 COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 """Cross-device operations: with the batch split across devices, a device's time in one of
-these includes waiting for the others to arrive (`op_kind` books them apart)."""
+these includes waiting for the others to arrive (`op_kind` books them apart, `rendezvous`
+times them one by one)."""
 COLLECTIVES = "cross-device collectives (waiting included)"
 """The kind `op_kind` gives an op computing one of `COLLECTIVE_OPS`."""
 LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
