@@ -323,7 +323,7 @@ def test_profile_trace_counts_device_ops_once(tmp_path, bench_module):
 
     _write_trace(tmp_path / "cpu", [_metadata("process_name", 1, "/host:CPU"),
                                     op(1, 7, "fusion.1", 4000), op(1, 7, "fusion.1", 2000), op(1, 8, "dot.2", 1000)])
-    totals, after, on_device = profile_step.op_times(str(tmp_path / "cpu"), steps=2)
+    totals, after, on_device = profile_step.op_times(profile_step.trace_events(str(tmp_path / "cpu")), steps=2)
     assert not on_device and totals == {"fusion.1": 3.0, "dot.2": 0.5} and not after
 
     host, gpu = 1, 2
@@ -332,13 +332,13 @@ def test_profile_trace_counts_device_ops_once(tmp_path, bench_module):
         _metadata("thread_name", gpu, "XLA Ops", tid=3), _metadata("thread_name", gpu, "Stream #13", tid=4),
         op(host, 1, "fusion.1", 9000), op(gpu, 3, "fusion.1", 1000), op(gpu, 3, "custom-call.2", 3000),
         op(gpu, 4, "loop_fusion_kernel", 1000), op(gpu, 4, "sm90_xmma_gemm", 3000)])
-    totals, after, on_device = profile_step.op_times(str(tmp_path / "gpu"), steps=1)
+    totals, after, on_device = profile_step.op_times(profile_step.trace_events(str(tmp_path / "gpu")), steps=1)
     assert on_device and totals == {"fusion.1": 1.0, "custom-call.2": 3.0} and not after
 
     _write_trace(tmp_path / "streams", [
         _metadata("process_name", gpu, "/device:GPU:0"), _metadata("thread_name", gpu, "Stream #13", tid=4),
         op(host, 1, "fusion.1", 9000), op(gpu, 4, "fusion.1", 1000), op(gpu, 4, "sm90_xmma_gemm", 3000)])
-    totals, _, on_device = profile_step.op_times(str(tmp_path / "streams"), steps=1)
+    totals, _, on_device = profile_step.op_times(profile_step.trace_events(str(tmp_path / "streams")), steps=1)
     assert on_device and totals == {"fusion.1": 1.0, "sm90_xmma_gemm": 3.0}
     assert profile_step.op_kind(profile_step.LIBRARY_KERNEL) == "library kernels"
 
@@ -360,7 +360,7 @@ def test_profile_books_asynchronous_library_work(tmp_path, bench_module):
         event("fusion.1", 0, 10), event("dot.2", 10, 2), event("end: dot.2", 60, 0, op=False),
         event("fusion.3", 60, 10, tid=8), event("conv.4", 70, 1), event("reduce.5", 75, 5),
         event("end: conv.4", 90, 0, op=False)])
-    totals, after, _ = profile_step.op_times(str(tmp_path / "cpu"), steps=1)
+    totals, after, _ = profile_step.op_times(profile_step.trace_events(str(tmp_path / "cpu")), steps=1)
     assert after == pytest.approx({"dot.2": 0.048, "conv.4": 0.004 + 0.010, profile_step.BETWEEN_OPS: 0.010})
     assert totals["dot.2"] == pytest.approx(0.050) and totals["conv.4"] == pytest.approx(0.015)
     assert totals["fusion.1"] == pytest.approx(0.010) and totals["reduce.5"] == pytest.approx(0.005)
@@ -399,11 +399,12 @@ def test_profile_times_each_rendezvous(tmp_path, bench_module):
         _metadata("process_name", 1, "/host:CPU"),
         event("psum.1", 100, 7), event("psum.1", 120, 8), event("psum.1", 3000, 7), event("psum.1", 90, 8),
         event("all-reduce.2", 500, 7), event("all-reduce.2", 510, 8), event("fusion.3", 9000, 7)])
-    waits = profile_step.rendezvous(str(tmp_path / "cpu"), steps=2, collectives={"psum.1", "all-reduce.2"})
+    events = profile_step.trace_events(str(tmp_path / "cpu"))
+    waits = profile_step.rendezvous(events, steps=2, collectives={"psum.1", "all-reduce.2"})
     assert waits["per_step"] == 3 and waits["median_us"] == pytest.approx(310)
     assert waits["ms"] == pytest.approx((100 + 120 + 3000 + 90 + 500 + 510) / 1e3 / 2)
     assert waits["stall_ms"] == pytest.approx(3000 / 1e3 / 2)
-    assert profile_step.rendezvous(str(tmp_path / "cpu"), steps=2, collectives={"psum.9"}) is None
+    assert profile_step.rendezvous(events, steps=2, collectives={"psum.9"}) is None
     line = profile_step.format_profile({
         "grads": "manual", "compute_dtype": "float32", "model": "cnn", "batch_size": 128, "step_ms": 24.0,
         "ops_ms": 40.0, "after_ms": 0.0, "ops": [], "kinds_ms": {profile_step.COLLECTIVES: 2.2},

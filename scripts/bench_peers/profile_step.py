@@ -30,6 +30,8 @@ these includes waiting for the others to arrive (`op_kind` books them apart, `re
 times them one by one)."""
 COLLECTIVES = "cross-device collectives (waiting included)"
 """The kind `op_kind` gives an op computing one of `COLLECTIVE_OPS`."""
+SHAPE = r"\([^)]*\)|\S+"
+"""An HLO result shape: one array's (f32[64]{0}) or a tuple's, spaces and all."""
 LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter", "select",
              "transpose", "pad", "slice", "dynamic-slice", "gather", "scatter", "maximum",
              "compare", "exponential", "log", "rsqrt", "divide") + COLLECTIVE_OPS
@@ -37,7 +39,7 @@ LABEL_OPS = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatte
 
 def _fused_ops(hlo: str, op_name: str) -> str:
     """The output shape of `op_name` in `hlo` and the notable operations it computes."""
-    line = re.search(r"^\s*(?:ROOT )?%?" + re.escape(op_name) + r" = (\([^)]*\)|\S+) ([^\n]*)", hlo, re.M)
+    line = re.search(r"^\s*(?:ROOT )?%?" + re.escape(op_name) + r" = (" + SHAPE + r") ([^\n]*)", hlo, re.M)
     if not line:
         return ""
     shape, rest = line.group(1), line.group(2)
@@ -130,7 +132,7 @@ def async_tails(events) -> collections.Counter:
     return tails
 
 
-def _trace_events(trace_dir: str) -> list[dict]:
+def trace_events(trace_dir: str) -> list[dict]:
     """The events of the Perfetto trace `jax.profiler` wrote under `trace_dir`."""
     path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))[-1]
     with gzip.open(path) as handle:
@@ -138,8 +140,9 @@ def _trace_events(trace_dir: str) -> list[dict]:
     return trace["traceEvents"] if isinstance(trace, dict) else trace
 
 
-def rendezvous(trace_dir: str, steps: int, collectives, stall_us: float = 1000.0) -> dict | None:
-    """How long the cross-device collectives named in `collectives` took, event by event.
+def rendezvous(events, steps: int, collectives, stall_us: float = 1000.0) -> dict | None:
+    """How long the cross-device collectives named in `collectives` took, event by event, in
+    a trace's `events` (`trace_events`).
 
     On a CPU each device runs its own copy of a collective, which returns when every device
     has arrived: with the devices in step its time is the rendezvous itself, and a long one
@@ -147,12 +150,11 @@ def rendezvous(trace_dir: str, steps: int, collectives, stall_us: float = 1000.0
     time in events over `stall_us` the second.
 
     Returns:
-      None if the trace has no such event, else {"per_step": events per step (devices x
+      None if `events` has no such event, else {"per_step": events per step (devices x
       collectives), "median_us": the median event, "ms": milliseconds per step in all of
       them, "stall_us", "stall_ms": of "ms", in events longer than `stall_us`}.
     """
-    durations = sorted(event["dur"] for event in _trace_events(trace_dir)
-                       if event.get("ph") == "X" and event["name"] in collectives)
+    durations = sorted(event["dur"] for event in events if event.get("ph") == "X" and event["name"] in collectives)
     if not durations:
         return None
     return {"per_step": len(durations) / steps, "median_us": statistics.median(durations),
@@ -160,8 +162,8 @@ def rendezvous(trace_dir: str, steps: int, collectives, stall_us: float = 1000.0
             "stall_ms": sum(d for d in durations if d > stall_us) / 1e3 / steps}
 
 
-def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collections.Counter, bool]:
-    """Milliseconds per step of each event in the Perfetto trace under `trace_dir`.
+def op_times(events, steps: int) -> tuple[collections.Counter, collections.Counter, bool]:
+    """Milliseconds per step of each event in a Perfetto trace's `events` (`trace_events`).
 
     Returns:
       (totals by event name, of which after the op's own event, on_device). On a CPU
@@ -173,7 +175,6 @@ def op_times(trace_dir: str, steps: int) -> tuple[collections.Counter, collectio
       trace has one, so that a kernel is not counted twice. The GPU branch is tested on
       hand-made traces only.
     """
-    events = _trace_events(trace_dir)
     names = {(event["name"], event.get("pid"), event.get("tid")): event.get("args", {}).get("name", "")
              for event in events if event.get("ph") == "M"}
     device_pids = {pid for (kind, pid, _), name in names.items() if kind == "process_name" and name.startswith("/device:")}
@@ -224,10 +225,10 @@ def profile(model: str, batch_size: int, grads: str, steps: int = 5, top: int = 
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         run(steps)
         jax.profiler.stop_trace()
-        totals, after, on_device = op_times(trace_dir, steps)
-        described = [(name, ms, _describe(hlo, name, on_device)) for name, ms in totals.most_common()]
-        waits = rendezvous(trace_dir, steps, {name for name, _, what in described
-                                              if what and op_kind(what) == COLLECTIVES})
+        events = trace_events(trace_dir)
+    totals, after, on_device = op_times(events, steps)
+    described = [(name, ms, _describe(hlo, name, on_device)) for name, ms in totals.most_common()]
+    waits = rendezvous(events, steps, {name for name, _, what in described if what and op_kind(what) == COLLECTIVES})
     ops_ms = sum(ms for _, ms, what in described if what)
     ops = [{"name": name, "ms": ms, "after_ms": after.get(name, 0.0), "share": ms / ops_ms, "what": what}
            for name, ms, what in described if what]
@@ -253,7 +254,7 @@ def op_kind(what: str) -> str:
         return "library kernels"
     if what == IDLE:
         return "runtime"
-    shape = re.match(r"\([^)]*\)|\S+", what).group(0)
+    shape = re.match(SHAPE, what).group(0)
     fused = what[len(shape):].split()
     if any(op in fused for op in COLLECTIVE_OPS):
         return COLLECTIVES
