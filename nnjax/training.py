@@ -40,6 +40,7 @@ import platform
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -1038,20 +1039,26 @@ def load_checkpoint(path: str, template):
         from `template`'s (naming the first difference).
     """
     template_leaves, treedef = jax.tree_util.tree_flatten(template)
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise ValueError(f"load_checkpoint: {path} is not an nnjax checkpoint: not an .npz (zip) "
+                         f"archive ({os.path.getsize(path)} bytes); it was damaged or is another "
+                         f"kind of file")
     try:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(bytes(f["header"]).decode())
+            structure, meta = header["treedef"], header["meta"]
             leaves = [f[f"leaf_{i:05d}"] for i in range(header["leaves"])]
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"load_checkpoint: {path} is not a readable nnjax checkpoint ({e})") from e
-    if header["treedef"] != str(treedef) or len(leaves) != len(template_leaves):
+    except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"load_checkpoint: {path} is not a readable nnjax checkpoint "
+                         f"({type(e).__name__}: {e}); it was damaged or is another kind of file") from e
+    if structure != str(treedef) or len(leaves) != len(template_leaves):
         raise ValueError(f"load_checkpoint: {path} holds a different structure than this run "
-                         f"expects:\n  checkpoint: {header['treedef']}\n  expected:   {treedef}")
+                         f"expects:\n  checkpoint: {structure}\n  expected:   {treedef}")
     for i, (leaf, want) in enumerate(zip(leaves, template_leaves)):
         if leaf.shape != np.shape(want) or leaf.dtype != np.asarray(want).dtype:
             raise ValueError(f"load_checkpoint: {path} leaf {i} has shape {leaf.shape} dtype "
                              f"{leaf.dtype}, expected {np.shape(want)} {np.asarray(want).dtype}")
-    return jax.tree_util.tree_unflatten(treedef, leaves), header["meta"]
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta
 
 
 def plot_curves(history: list[dict], path: str, title: str = "") -> None:
@@ -1145,6 +1152,9 @@ def _initial_state(model: Model, optimizer, config: TrainConfig, out_dir: str | 
             checkpoint_path, fresh[:3] + (jax.random.key_data(shuffle_key),))
     except ValueError as error:
         raise ResumeError(f"train: cannot resume: {error}") from None
+    if not isinstance(meta, dict) or not {"config", "history"} <= set(meta):
+        raise ResumeError(f"train: cannot resume: {checkpoint_path} was not written by train "
+                          f"(its meta has no config and history)")
     expected = json.loads(json.dumps(dataclasses.asdict(config)))
     saved = {**_setting_defaults(), **meta["config"]}
     if saved != expected:
@@ -1315,6 +1325,8 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         _remove_stale_temporary_files(out_dir)
+        if run.history:  # the checkpoint is the record: a kill between its write and the metrics' left them behind
+            _write_json_lines(os.path.join(out_dir, METRICS_FILE), run.history)
 
     data = _Data(*replicate((splits.train_images, splits.train_labels), devices))
     eval_set = _eval_set(splits.eval_images, splits.eval_labels, config.eval_batch_size, devices)

@@ -6,6 +6,8 @@ targets (98% MLP, 99.3% CNN) are measured by running the experiments.
 import dataclasses
 import json
 import os
+import shutil
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -186,8 +188,73 @@ def test_checkpoint_of_another_structure_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"shape \(2, 3\).*expected \(3, 2\)"):
         training.load_checkpoint(path, {"W": jnp.zeros((3, 2))})
     (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable nnjax checkpoint"):
+    with pytest.raises(ValueError, match="not an nnjax checkpoint: not an .npz"):
         training.load_checkpoint(str(tmp_path / "junk.npz"), {"W": jnp.zeros((2, 3))})
+
+
+def _flip_a_byte_of_the_first_leaf(path):
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("leaf_00000.npy")
+    data = bytearray(open(path, "rb").read())
+    local_header = 30 + len(member.filename) + int.from_bytes(data[member.header_offset + 28:member.header_offset + 30],
+                                                              "little")
+    data[member.header_offset + local_header + member.file_size - 1] ^= 0xFF  # the last byte of W
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data, path: data[:len(data) // 2], "not an .npz"),
+    (lambda data, path: b"", "not an .npz"),
+    (lambda data, path: _flip_a_byte_of_the_first_leaf(path), "BadZipFile: Bad CRC-32"),
+])
+def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage, message):
+    path = str(tmp_path / "ckpt.npz")
+    template = {"W": jnp.arange(6.0).reshape(2, 3)}
+    training.save_checkpoint(path, template, {"epoch": 1})
+    with open(path, "rb") as f:
+        damaged = damage(f.read(), path)
+    with open(path, "wb") as f:
+        f.write(damaged)
+    with pytest.raises(ValueError, match=f"{path}.*{message}.*damaged or is another kind of file"):
+        training.load_checkpoint(path, template)
+
+
+def test_checkpoint_header_without_its_structure_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "ckpt.npz")
+    header = json.dumps({"meta": {}, "leaves": 0}).encode()
+    np.savez(path, header=np.frombuffer(header, dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"not a readable nnjax checkpoint \(KeyError: 'treedef'\)"):
+        training.load_checkpoint(path, {"W": jnp.zeros((2, 3))})
+
+
+def test_resume_from_a_damaged_checkpoint_is_refused(small_splits, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    checkpoint = out / training.CHECKPOINT_FILE
+    with np.load(checkpoint) as saved:
+        arrays = dict(saved)
+    header = json.loads(arrays["header"].tobytes())
+    header["meta"] = {"epoch": 3}
+    np.savez(checkpoint, **{**arrays, "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)})
+    with pytest.raises(ResumeError, match="cannot resume: .* was not written by train"):
+        run(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(ResumeError, match="cannot resume: load_checkpoint: .* not an .npz"):
+        run(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True)
+
+
+def test_resume_rewrites_the_metrics_a_kill_left_behind_the_checkpoint(small_splits, reference, tmp_path):
+    """Killed between the last epoch's checkpoint and its metrics.jsonl: resuming runs no epoch
+    but writes every epoch's metrics from the checkpoint's history."""
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    metrics_file = out / training.METRICS_FILE
+    metrics_file.write_text("".join(metrics_file.read_text().splitlines(keepends=True)[:1]))
+    (out / training.RESULTS_FILE).unlink()
+    resumed = run(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True)
+    assert metrics(resumed) == metrics(reference["results"])
+    assert [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()] == [1, 2, 3]
+    assert json.loads((out / training.RESULTS_FILE).read_text())["epochs"] == 3
 
 
 def test_resume_without_checkpoint_or_with_other_settings_is_refused(small_splits, reference, tmp_path):
