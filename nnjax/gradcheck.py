@@ -157,6 +157,11 @@ def leaf_names(tree) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 def _leaf_report(name: str, a, b, rtol: float, atol: float) -> LeafReport:
+    for arg, leaf in (("grads_a", a), ("grads_b", b)):
+        dtype = np.asarray(leaf).dtype
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise TypeError(f"compare: leaf {name!r} of {arg} has dtype {dtype}; gradients of real "
+                            f"parameters are real numbers")
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"compare: leaf {name!r} has shape {a.shape} in grads_a but "
@@ -186,6 +191,8 @@ def compare(grads_a, grads_b, *, rtol: float = 1e-5, atol: float = 1e-7) -> Grad
     Raises:
       ValueError: when the trees differ in structure (naming the leaves found in only one
         of them) or a leaf differs in shape (naming the leaf).
+      TypeError: a leaf that is not real numbers (complex, say: comparing it as real would
+        drop its imaginary part).
     """
     names_a, names_b = leaf_names(grads_a), leaf_names(grads_b)
     tree_a, tree_b = jax.tree_util.tree_structure(grads_a), jax.tree_util.tree_structure(grads_b)
@@ -228,12 +235,14 @@ def numerical_grad(f: Callable, params, eps: float = 1e-6, *, chunk_elements: in
 
     Raises:
       TypeError: for a non-floating leaf.
-      ValueError: when `f` does not return a scalar.
+      ValueError: when `f` does not return a scalar, or eps <= 0.
 
     Warns:
       UserWarning: when a leaf is float32 or lower precision (the estimate is then only
         good to about 1e-3 relative).
     """
+    if not eps > 0:
+        raise ValueError(f"numerical_grad: eps must be > 0 (the step of the differences), got {eps!r}")
     names = leaf_names(params)
     leaves = [jnp.asarray(leaf) for leaf in jax.tree_util.tree_leaves(params)]
     for name, leaf in zip(names, leaves):
@@ -283,7 +292,14 @@ def check(loss_fn: Callable, manual_grad_fn: Callable, params, *args,
 
     Returns:
       `compare(manual, autodiff)`.
+
+    Raises:
+      ValueError: when `loss_fn` does not return a scalar.
     """
+    out = jax.eval_shape(loss_fn, params, *args)
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"check: loss_fn must return a scalar loss, got shape "
+                         f"{getattr(out, 'shape', type(out).__name__)}; reduce it (e.g. jnp.mean)")
     return compare(manual_grad_fn(params, *args), jax.grad(loss_fn)(params, *args),
                    rtol=rtol, atol=atol)
 
@@ -346,6 +362,8 @@ def run_case(case: Case, rng: np.random.Generator) -> CaseResult:
     Call under `jax.enable_x64(True)`. An exception inside the case becomes `error`.
     """
     try:
+        if jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+            raise RuntimeError("run_case needs float64: call it under `with jax.enable_x64(True):`")
         inputs, forward, backward, *values = case.make(rng)
         values = values[0] if values else forward
         inputs = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), inputs)

@@ -72,6 +72,8 @@ def test_compare_errors_and_tolerance_rule():
         assert compare(x, y, rtol=1e-5, atol=1e-7).passed == np.allclose(x, y, rtol=1e-5, atol=1e-7)
     assert compare({"w": np.array([1.0, 2.0])}, {"w": np.array([1.0, 2.1])}, rtol=0.1).passed
     assert not compare({"w": np.array([np.nan])}, {"w": np.array([np.nan])}).passed
+    with pytest.raises(TypeError, match=r"compare: leaf 'w' of grads_b has dtype complex64"):
+        compare({"w": np.array([1.0])}, {"w": np.array([1 + 1j], np.complex64)})  # as real, it would pass
 
 
 def test_leaf_names():
@@ -140,6 +142,16 @@ def test_numerical_grad_errors(x64):
         numerical_grad(lambda p: p * 2, jnp.ones(3))
     with pytest.raises(TypeError, match=r"numerical_grad: leaf 'layer 1 / n' has dtype int"):
         numerical_grad(lambda p: jnp.sum(p[0]["n"]), [{"n": jnp.arange(3)}])
+    for eps in (0.0, -1e-6):
+        with pytest.raises(ValueError, match=f"numerical_grad: eps must be > 0.*got {eps}"):
+            numerical_grad(lambda p: jnp.sum(p ** 2), jnp.ones(3), eps=eps)
+
+
+def test_run_case_outside_x64_says_so():
+    """In float32 every finite difference would be off by ~1e-3 and the row would fail
+    without saying why."""
+    result = gradcheck.run_case(gradcheck.CASES[0], np.random.default_rng(0))
+    assert result.error == "RuntimeError: run_case needs float64: call it under `with jax.enable_x64(True):`"
 
 
 # --- check --------------------------------------------------------------------------------
@@ -162,6 +174,8 @@ def test_check_passes_for_a_correct_gradient_and_fails_for_a_wrong_one(x64):
     bad = check(_mse_loss, lambda p, X, Y: _mse_grads(p, X, Y, factor=1.0), params, X, Y)
     assert not bad.passed and [r.name for r in bad.rows if not r.passed] == ["W", "b"]
     assert check(_mse_loss, lambda p, X, Y: _mse_grads(p, X, Y, factor=2.01), params, X, Y, rtol=0.01).passed
+    with pytest.raises(ValueError, match=r"check: loss_fn must return a scalar loss, got shape \(5,\)"):
+        check(lambda p, X, Y: jnp.sum((X @ p["W"].T + p["b"] - Y) ** 2, axis=-1), _mse_grads, params, X, Y)
 
 
 # --- the command --------------------------------------------------------------------------
