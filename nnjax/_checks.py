@@ -12,6 +12,11 @@ import chex
 import jax.numpy as jnp
 
 
+def _one_array(x):
+    """A nested list or tuple of numbers as one array: chex would take it for several arrays."""
+    return jnp.asarray(x) if isinstance(x, (list, tuple)) else x
+
+
 def check_shape(fn: str, arg: str, x, expected: Sequence, because: str = "") -> None:
     """Asserts `x.shape == expected` (None in `expected` matches any size).
 
@@ -25,6 +30,7 @@ def check_shape(fn: str, arg: str, x, expected: Sequence, because: str = "") -> 
     Raises:
       AssertionError: (chex's) naming fn, arg, the expected and the actual shape.
     """
+    x = _one_array(x)
     shown = "(" + ", ".join("?" if d is None else str(d) for d in expected) + ("," if len(expected) == 1 else "") + ")"
     chex.assert_shape(
         x, tuple(expected),
@@ -34,6 +40,7 @@ def check_shape(fn: str, arg: str, x, expected: Sequence, because: str = "") -> 
 
 def check_rank(fn: str, arg: str, x, rank: int, layout: str) -> None:
     """Asserts `x.ndim == rank`; `layout` names the axes, e.g. ``"(C, H, W)"``."""
+    x = _one_array(x)
     chex.assert_rank(
         x, rank,
         custom_message=f"{fn}: {arg} has shape {tuple(jnp.shape(x))} (rank {jnp.ndim(x)}), "
@@ -48,6 +55,24 @@ def check_same_shape(fn: str, arg_a: str, a, arg_b: str, b) -> None:
         custom_message=f"{fn}: {arg_a} has shape {tuple(jnp.shape(a))} but {arg_b} has shape "
                        f"{tuple(jnp.shape(b))}; they must match",
     )
+
+
+def check_dict(fn: str, arg: str, value, keys: Iterable[str], made_by: str) -> None:
+    """Raises TypeError unless `value` is a dict with exactly `keys`, naming what `made_by`
+    (the function that builds such a dict, e.g. ``"conv2d_init"``) returns."""
+    keys = sorted(keys)
+    if not isinstance(value, dict) or sorted(value) != keys:
+        got = f"keys {sorted(value)}" if isinstance(value, dict) else f"a {type(value).__name__}"
+        raise TypeError(f"{fn}: {arg} must be a dict with keys {keys} as {made_by} returns, got {got}")
+
+
+def check_float_leaves(fn: str, arg: str, tree: dict) -> None:
+    """Raises TypeError unless every array in the dict `tree` (a layer's parameters or state) has
+    a floating dtype, naming the entry."""
+    for key, leaf in tree.items():
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{fn}: {arg}[{key!r}] must be a floating-point array, got dtype {dtype}")
 
 
 def check_choice(fn: str, arg: str, value, allowed: Iterable) -> None:
@@ -86,6 +111,21 @@ def check_float_array(fn: str, arg: str, x):
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{fn}: {arg} must be a floating-point array, got dtype {x.dtype}")
+    return x
+
+
+def check_real_array(fn: str, arg: str, x):
+    """Returns `x` as a jnp array of integers or floats; raises TypeError for other dtypes
+    (complex, bool)."""
+    try:
+        if isinstance(x, (str, bytes)):
+            raise TypeError(f"{type(x).__name__} is not a number")
+        array = jnp.asarray(x)
+    except TypeError as error:
+        raise TypeError(f"{fn}: {arg} must be an array of real numbers (ints or floats), got {x!r}") from error
+    x = array
+    if not (jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating)):
+        raise TypeError(f"{fn}: {arg} must be an array of real numbers (ints or floats), got dtype {x.dtype}")
     return x
 
 

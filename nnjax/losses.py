@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from nnjax._checks import check_float_array, check_same_shape
+from nnjax._checks import check_float_array, check_real_array, check_same_shape
 from nnjax.activations import log_softmax, softplus
 
 __all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
@@ -29,7 +29,7 @@ def mse(y_hat, y):
     Returns:
       Shape (...,): the sum over the last axis. dL/dy_hat = 2 (y_hat - y).
     """
-    y_hat, y = check_float_array("mse", "y_hat", y_hat), jnp.asarray(y)
+    y_hat, y = check_float_array("mse", "y_hat", y_hat), check_real_array("mse", "y", y)
     check_same_shape("mse", "y_hat", y_hat, "y", y)
     return jnp.sum((y - y_hat) ** 2, axis=-1)
 
@@ -43,7 +43,7 @@ def binary_cross_entropy(p, y):
     Returns:
       Same shape as `p`.
     """
-    p, y = check_float_array("binary_cross_entropy", "p", p), jnp.asarray(y)
+    p, y = check_float_array("binary_cross_entropy", "p", p), check_real_array("binary_cross_entropy", "y", y)
     check_same_shape("binary_cross_entropy", "p", p, "y", y)
     return -(y * _safe_log(p) + (1 - y) * _safe_log(1 - p))
 
@@ -57,7 +57,7 @@ def binary_cross_entropy_with_logits(z, y):
     Returns:
       Same shape as `z`.
     """
-    z, y = check_float_array("binary_cross_entropy_with_logits", "z", z), jnp.asarray(y)
+    z, y = check_float_array("binary_cross_entropy_with_logits", "z", z), check_real_array("binary_cross_entropy_with_logits", "y", y)
     check_same_shape("binary_cross_entropy_with_logits", "z", z, "y", y)
     return softplus(z) - y * z
 
@@ -72,7 +72,7 @@ def cross_entropy(p, y):
     Returns:
       Shape (...,).
     """
-    p, y = check_float_array("cross_entropy", "p", p), jnp.asarray(y)
+    p, y = check_float_array("cross_entropy", "p", p), check_real_array("cross_entropy", "y", y)
     check_same_shape("cross_entropy", "p", p, "y", y)
     return -jnp.sum(y * _safe_log(p), axis=-1)
 
@@ -90,6 +90,6 @@ def softmax_cross_entropy(logits, y):
     Returns:
       Shape (...,).
     """
-    logits, y = check_float_array("softmax_cross_entropy", "logits", logits), jnp.asarray(y)
+    logits, y = check_float_array("softmax_cross_entropy", "logits", logits), check_real_array("softmax_cross_entropy", "y", y)
     check_same_shape("softmax_cross_entropy", "logits", logits, "y", y)
     return -jnp.sum(y * log_softmax(logits), axis=-1)

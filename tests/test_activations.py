@@ -64,6 +64,37 @@ def test_kink_conventions():
     assert float(A.leaky_relu(jnp.array(-2.0), negative_slope=0.2)) == pytest.approx(-0.4)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_autodiff_takes_the_hand_derived_derivative_at_zero(name):
+    """z = 0 exactly is common (zero biases, zero inputs): there jax.grad must agree with sigma'
+    (jnp.maximum's own derivative would give ReLU 1/2)."""
+    sigma, sigma_prime = A.ELEMENTWISE[name]
+    zero = jnp.zeros(3)
+    assert jnp.array_equal(jax.vmap(jax.grad(sigma))(zero), sigma_prime(zero)), name
+
+
+def test_relu_keeps_nan():
+    assert jnp.isnan(A.relu(jnp.nan)) and jnp.isnan(A.relu(jnp.array([1.0, jnp.nan]))[1])
+
+
+def test_python_numbers_and_ints_are_floats_and_other_dtypes_are_refused():
+    assert float(A.relu_derivative(0.0)) == 0.0 and float(A.relu_derivative(2)) == 1.0
+    assert float(A.sigmoid(0)) == 0.5 and float(A.sigmoid_derivative(0)) == 0.25
+    for name in NAMES + ["softmax", "log_softmax"]:
+        fn = getattr(A, name)
+        assert jnp.issubdtype(fn(jnp.array([-1, 0, 2])).dtype, jnp.floating), name
+        with pytest.raises(TypeError, match=f"{name}: z must be an array of real numbers .* got dtype complex64"):
+            fn(jnp.array([1j], jnp.complex64))
+    with pytest.raises(TypeError, match=r"softmax: z must be an array of real numbers .* got dtype bool"):
+        A.softmax(jnp.array([True, False]))
+    with pytest.raises(ValueError, match=r"log_softmax: z has shape \(2, 0\): no classes along axis -1"):
+        A.log_softmax(jnp.zeros((2, 0)))
+    with pytest.raises(TypeError, match=r"leaky_relu: negative_slope must be an array of real numbers .* got 'a'"):
+        A.leaky_relu(jnp.ones(3), "a")
+    with pytest.raises(AssertionError, match=r"leaky_relu_derivative: negative_slope has shape \(3, 1\), expected \(\)"):
+        A.leaky_relu_derivative(jnp.ones(3), jnp.ones((3, 1)))
+
+
 def test_derivatives_keep_float64(x64):
     z = jnp.array([-1.0, 0.5], jnp.float64)
     for name in NAMES:
@@ -125,7 +156,7 @@ def test_activation_name_accepts_names_and_functions_only():
         assert A.get_activation(fn) == A.ELEMENTWISE[name]
     with pytest.raises(ValueError, match=r"activation_name: activation='gelu' is not allowed; expected one of \['relu'"):
         A.activation_name("gelu")
-    with pytest.raises(ValueError, match=r"mlp_grads: activation='relu' has no hand-derived derivative.*relu, leaky_relu"):
+    with pytest.raises(ValueError, match=r"mlp_grads: activation=relu \(from jax\) is not one of nnjax's activations.*relu, leaky_relu"):
         A.activation_name(jax.nn.relu, "mlp_grads")
 
 
@@ -154,7 +185,7 @@ def test_backward_errors_name_function_argument_and_shapes():
         activation_backward("relu", jnp.zeros(3), jnp.zeros(4))
     with pytest.raises(ValueError, match=r"activation_backward: activation='swish' is not allowed; expected one of"):
         activation_backward("swish", jnp.zeros(3), jnp.zeros(3))
-    with pytest.raises(ValueError, match=r"activation_backward: activation='gelu' has no hand-derived derivative"):
+    with pytest.raises(ValueError, match=r"activation_backward: activation=gelu \(from jax\) is not one of nnjax's activations"):
         activation_backward(jax.nn.gelu, jnp.zeros(3), jnp.zeros(3))
     with pytest.raises(TypeError, match=r"activation_backward: z must be a floating-point array, got dtype int"):
         activation_backward("relu", jnp.arange(3), jnp.zeros(3))

@@ -15,7 +15,7 @@ import nnjax.backprop
 from nnjax.activations import ELEMENTWISE, softmax
 from nnjax.backprop import mlp_backward, mlp_grads, mlp_grads_mse, mlp_logits_and_grads
 from nnjax.losses import mse, softmax_cross_entropy
-from nnjax.network import mlp_init, mlp_logits
+from nnjax.network import mlp_init, mlp_logits, mlp_logits_batch
 
 LOSS_FNS = {"softmax_cross_entropy": softmax_cross_entropy, "mse": mse}
 
@@ -123,6 +123,17 @@ def test_mlp_grads_match_jax_grad_and_the_mean_of_per_example_backward(activatio
     assert_trees_close(ce, mean_of_per_example_backward(params, X, Y, activation), rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.parametrize("activation", ELEMENTWISE)
+def test_gradients_agree_at_pre_activations_that_are_exactly_zero(activation, x64):
+    """Zero biases (mlp_init's) and the XOR point (0, 0) make z^[1] = 0 exactly: the kink of
+    ReLU, where hand-derived and automatic derivatives must make the same choice."""
+    params = mlp_init(jax.random.key(0), [2, 4, 2], dtype=jnp.float64)
+    X = jnp.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    Y = jnp.eye(2)[jnp.array([0, 1, 1, 0])]
+    auto = jax.grad(lambda p: jnp.mean(softmax_cross_entropy(mlp_logits_batch(p, X, activation), Y)))(params)
+    assert_trees_close(mlp_grads(params, X, Y, activation), auto, rtol=1e-12, atol=1e-14)
+
+
 def test_mlp_logits_and_grads_returns_the_forward_logits_and_mlp_grads(x64):
     params, X, Y = random_mlp(4, [5, 6, 3], m=4)
     logits, grads = mlp_logits_and_grads(params, X, Y, "tanh")
@@ -206,7 +217,7 @@ def test_batch_errors_name_function_argument_expected_and_actual(fn):
     name = fn.__name__
     params = mlp_init(jax.random.key(0), [4, 5, 3])
     X, Y = jnp.zeros((6, 4)), jnp.zeros((6, 3))
-    with pytest.raises(ValueError, match=rf"{name}: activation='relu' has no hand-derived derivative; expected one of nnjax.activations"):
+    with pytest.raises(ValueError, match=rf"{name}: activation=relu \(from jax\) is not one of nnjax's activations, so it has no hand-derived derivative; pass one of nnjax.activations"):
         fn(params, X, Y, jax.nn.relu)
     with pytest.raises(ValueError, match=rf"{name}: activation='elu' is not allowed; expected one of \['relu'"):
         fn(params, X, Y, "elu")
@@ -227,7 +238,7 @@ def test_example_errors_name_function_argument_expected_and_actual():
     x, y = jnp.zeros(4), jnp.zeros(3)
     with pytest.raises(ValueError, match=r"mlp_backward: loss='hinge' is not allowed; expected one of \['softmax_cross_entropy', 'mse'\]"):
         mlp_backward(params, x, y, loss="hinge")
-    with pytest.raises(ValueError, match=r"mlp_backward: activation='<lambda>' has no hand-derived derivative"):
+    with pytest.raises(ValueError, match=r"mlp_backward: activation=<lambda> \(from test_backprop_mlp\) is not one of nnjax's activations"):
         mlp_backward(params, x, y, lambda z: z)
     with pytest.raises(AssertionError, match=r"mlp_backward: y has shape \(4,\), expected \(3,\) = \(n_L,\) to match params\[-1\]\['W'\] of shape \(3, 5\)"):
         mlp_backward(params, x, jnp.zeros(4))

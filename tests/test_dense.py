@@ -124,7 +124,7 @@ def test_errors_name_function_argument_expected_and_actual():
         dense({"W": jnp.zeros((3, 5)), "b": jnp.zeros(5)}, jnp.zeros(5))
     with pytest.raises(AssertionError, match=r"dense: params\['W'\] has shape \(5,\) \(rank 1\), expected rank 2: \(n_out, n_in\)"):
         dense({"W": jnp.zeros(5), "b": jnp.zeros(5)}, jnp.zeros(5))
-    with pytest.raises(TypeError, match=r"dense: params must be a dict with keys \['W', 'b'\], got \['W'\]"):
+    with pytest.raises(TypeError, match=r"dense: params must be a dict with keys \['W', 'b'\] as dense_init returns, got keys \['W'\]"):
         dense({"W": jnp.zeros((3, 5))}, jnp.zeros(5))
     with pytest.raises(AssertionError, match=r"dense_backward: delta has shape \(4,\), expected \(3,\) = \(n_out,\) to match W of shape \(3, 5\)"):
         dense_backward(params, jnp.zeros(5), jnp.zeros(4))

@@ -111,7 +111,7 @@ def test_forward_errors_name_function_argument_expected_and_actual(fn):
     wrong_bias = [params[0], {"W": params[1]["W"], "b": jnp.zeros(6)}, params[2]]
     with pytest.raises(AssertionError, match=rf"{name}: params\[1\]\['b'\] has shape \(6,\), expected \(5,\)"):
         fn(wrong_bias, jnp.zeros(4))
-    with pytest.raises(TypeError, match=rf"{name}: params\[2\] must be a dict with keys \['W', 'b'\], got \['W'\]"):
+    with pytest.raises(TypeError, match=rf"{name}: params\[2\] must be a dict with keys \['W', 'b'\] as dense_init returns, got keys \['W'\]"):
         fn([params[0], params[1], {"W": params[2]["W"]}], jnp.zeros(4))
     with pytest.raises(TypeError, match=rf"{name}: params must be a non-empty list of \{{'W', 'b'\}} dicts"):
         fn(params[0], jnp.zeros(4))

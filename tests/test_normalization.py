@@ -333,7 +333,16 @@ def test_batch_norm_needs_more_than_one_value_per_feature():
     (lambda p, s: batch_norm(p, s, jnp.ones(3), train=False, momentum=1.5), ValueError, r"momentum.*\[0, 1\]"),
     (lambda p, s: batch_norm(p, s, jnp.ones(3), train="yes"), TypeError, "train must be"),
     (lambda p, s: batch_norm(p, s, jnp.ones(3, jnp.int32), train=False), TypeError, "floating"),
-    (lambda p, s: batch_norm({"gamma": jnp.ones(3)}, s, jnp.ones(3), train=False), TypeError, '"beta"'),
+    (lambda p, s: batch_norm({"gamma": jnp.ones(3)}, s, jnp.ones(3), train=False), TypeError,
+     r"batch_norm: params must be a dict with keys \['beta', 'gamma'\] as batch_norm_init returns, got keys \['gamma'\]"),
+    (lambda p, s: batch_norm(p, {"mean": jnp.zeros(3)}, jnp.ones(3), train=False), TypeError,
+     r"batch_norm: state must be a dict with keys \['mean', 'var'\] as batch_norm_init returns, got keys \['mean'\]"),
+    (lambda p, s: batch_norm(p, None, jnp.ones(3), train=False), TypeError, r"state must be a dict .* got a NoneType"),
+    (lambda p, s: batch_norm({**p, "gamma": jnp.ones(3, jnp.complex64)}, s, jnp.ones(3), train=False), TypeError,
+     r"batch_norm: params\['gamma'\] must be a floating-point array, got dtype complex64"),
+    (lambda p, s: layer_norm({**layer_norm_init(3), "W": jnp.ones(3)}, jnp.ones(3)), TypeError,
+     r"layer_norm: params must be a dict with keys \['beta', 'gamma'\] as layer_norm_init returns, got keys \['W', 'beta', 'gamma'\]"),
+    (lambda p, s: layer_norm_init("3"), TypeError, r"layer_norm_init: shape must be an int or a tuple of ints"),
     (lambda p, s: batch_norm_init(0), ValueError, "num_features"),
     (lambda p, s: batch_norm_backward(p, jnp.ones(3), jnp.ones(4)), AssertionError, "delta"),
     (lambda p, s: batch_norm_batch_backward(p, jnp.ones((2, 3)), jnp.ones((2, 4))), AssertionError,
@@ -369,3 +378,12 @@ def test_batch_norm_errors(call, error, pattern):
 def test_layer_instance_group_norm_errors(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+    """eps as np.float32 (what a config read from an .npz gives) and sizes as np.int64."""
+    x = jnp.arange(6.0).reshape(2, 3)
+    params = layer_norm_init(np.int64(2))
+    assert params["gamma"].shape == (2,)
+    np.testing.assert_array_equal(layer_norm(layer_norm_init((np.int64(2), 3)), x, eps=np.float32(1e-5)),
+                                  layer_norm(layer_norm_init((2, 3)), x, eps=1e-5))

@@ -111,7 +111,7 @@ def test_errors_name_function_argument_and_what_was_expected():
         perceptron({"w": jnp.zeros(2), "b": jnp.zeros(1)}, jnp.zeros(2))
     with pytest.raises(AssertionError, match=r"neuron: params\['w'\] has shape \(2, 2\) \(rank 2\), expected rank 1"):
         neuron({"w": jnp.zeros((2, 2)), "b": jnp.array(0.0)}, jnp.zeros(2))
-    with pytest.raises(TypeError, match=r"neuron: params must be a dict with keys \['b', 'w'\], got \['W', 'b'\]"):
+    with pytest.raises(TypeError, match=r"neuron: params must be a dict with keys \['b', 'w'\] as perceptron_fit returns, got keys \['W', 'b'\]"):
         neuron({"W": jnp.zeros(2), "b": jnp.array(0.0)}, jnp.zeros(2))
     with pytest.raises(ValueError, match=r"neuron: activation='softmax' is not allowed; expected one of \['relu'"):
         neuron(good, jnp.zeros(2), activation="softmax")

@@ -115,6 +115,23 @@ def test_max_backward_routes_ties_to_the_first_maximum(window, stride):
     np.testing.assert_allclose(jnp.sum(dx), jnp.sum(delta), rtol=1e-5)
 
 
+@pytest.mark.parametrize("window,stride", [(2, None), (3, 1), ((2, 3), (1, 2))])
+def test_autodiff_of_max_pool2d_routes_ties_like_the_hand_derived_backward(window, stride):
+    """On tied windows (all-black image corners, ReLU zeros) jax.grad of the forward sends each
+    window's delta to its first maximum, as `max_pool2d_backward` does."""
+    x = jnp.asarray(np.random.default_rng(7).integers(0, 2, size=IN_SHAPE), jnp.float32)
+    delta = random(max_pool2d(x, window, stride).shape, 8)
+    autodiff = jax.vjp(lambda x: max_pool2d(x, window, stride), x)[1](delta)[0]
+    np.testing.assert_allclose(autodiff, max_pool2d_backward(x, delta, window, stride), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(jax.vjp(lambda x: max_pool2d(x), jnp.ones((1, 2, 2)))[1](jnp.ones((1, 1, 1)))[0],
+                                  [[[1.0, 0.0], [0.0, 0.0]]])
+
+
+def test_max_pool2d_keeps_nan():
+    x = jnp.zeros((1, 4, 4)).at[0, 1, 1].set(jnp.nan).at[0, 2, 3].set(jnp.nan)
+    assert jnp.array_equal(jnp.isnan(max_pool2d(x)), jnp.array([[[True, False], [False, True]]]))
+
+
 def test_argmax_index_is_the_first_maximum():
     x = jnp.asarray([[[1., 3., 3., 0.],
                       [3., 2., 5., 5.]]])

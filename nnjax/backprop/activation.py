@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from nnjax._checks import check_float_array, check_same_shape
+from nnjax._checks import check_float_array, check_real_array, check_same_shape
 from nnjax.activations import get_activation, softmax
 
 __all__ = ["activation_backward", "softmax_backward", "softmax_cross_entropy_backward", "mse_backward"]
@@ -28,7 +28,7 @@ def activation_backward(name, z, delta):
     """
     _, sigma_prime = get_activation(name, "activation_backward")
     z = check_float_array("activation_backward", "z", z)
-    delta = jnp.asarray(delta)
+    delta = check_real_array("activation_backward", "delta", delta)
     check_same_shape("activation_backward", "z", z, "delta", delta)
     return delta * sigma_prime(z)
 
@@ -46,7 +46,7 @@ def softmax_backward(z, delta):
       dL/dz, the shape of z.
     """
     z = check_float_array("softmax_backward", "z", z)
-    delta = jnp.asarray(delta)
+    delta = check_real_array("softmax_backward", "delta", delta)
     check_same_shape("softmax_backward", "z", z, "delta", delta)
     s = softmax(z)
     return s * (delta - jnp.sum(s * delta, axis=-1, keepdims=True))
@@ -65,7 +65,7 @@ def softmax_cross_entropy_backward(logits, y):
       softmax(z^[L]) - y, the shape of logits.
     """
     logits = check_float_array("softmax_cross_entropy_backward", "logits", logits)
-    y = jnp.asarray(y)
+    y = check_real_array("softmax_cross_entropy_backward", "y", y)
     check_same_shape("softmax_cross_entropy_backward", "logits", logits, "y", y)
     return softmax(logits) - y
 
@@ -81,6 +81,6 @@ def mse_backward(y_hat, y):
       2 (y_hat - y), the shape of y_hat.
     """
     y_hat = check_float_array("mse_backward", "y_hat", y_hat)
-    y = jnp.asarray(y)
+    y = check_real_array("mse_backward", "y", y)
     check_same_shape("mse_backward", "y_hat", y_hat, "y", y)
     return 2 * (y_hat - y)

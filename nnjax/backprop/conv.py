@@ -38,7 +38,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnjax._checks import check_shape, mixed_dtype
+from nnjax._checks import check_real_array, check_shape, mixed_dtype
 from nnjax.layers.conv import (FAST_CONV_DIMENSIONS, check_conv_args, conv_output_shape, im2col, kernel_hwio,
                                kernel_matrix, patch_rows, sum_chunks)
 from nnjax.layers.dense import mixed_matmul, written_transpose
@@ -230,7 +230,7 @@ def conv2d_backward(params, x, delta, stride=1, padding="valid", layout="CHW"):
     out_hw = conv_output_shape(in_hw, W.shape[2:], stride, pads)
     check_shape(fn, "delta", delta, image_shape(c_out, *out_hw, layout),
                 f" = ({', '.join(layout)}), the output of conv2d for x {x.shape} and W {W.shape}")
-    delta = jnp.asarray(delta, x.dtype)
+    delta = check_real_array(fn, "delta", delta).astype(x.dtype)
     delta_first = to_channels_first(delta, layout)
     patches = im2col(to_channels_first(x, layout), W.shape[2:], stride, pads)
     dW = delta_first.reshape(c_out, -1) @ patches.T

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnjax._checks import check_rank, check_shape, mixed_dtype
+from nnjax._checks import check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.layers.dense import check_dense_params, mixed_matmul, written_transpose
 
 __all__ = ["dense_backward", "dense_batch_backward"]
@@ -32,7 +32,7 @@ def dense_backward(params, x, delta):
     """
     n_out, n_in = check_dense_params("dense_backward", params)
     W = params["W"]
-    x, delta = jnp.asarray(x), jnp.asarray(delta)
+    x, delta = check_real_array("dense_backward", "x", x), check_real_array("dense_backward", "delta", delta)
     check_shape("dense_backward", "x", x, (n_in,), f" = (n_in,) to match W of shape {W.shape}")
     check_shape("dense_backward", "delta", delta, (n_out,), f" = (n_out,) to match W of shape {W.shape}")
     return {"W": jnp.outer(delta, x), "b": delta}, W.T @ delta
@@ -70,7 +70,7 @@ def dense_batch_backward(params, A, Delta, compute_dtype=None):
       ({"W": Delta^T A of shape (n_out, n_in), "b": shape (n_out,)}, Delta W of shape (m, n_in)).
     """
     n_out, n_in = check_dense_params("dense_batch_backward", params)
-    A, Delta = jnp.asarray(A), jnp.asarray(Delta)
+    A, Delta = check_real_array("dense_batch_backward", "A", A), check_real_array("dense_batch_backward", "Delta", Delta)
     check_rank("dense_batch_backward", "A", A, 2, "(m, n_in): one example per row")
     check_shape("dense_batch_backward", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
     check_shape("dense_batch_backward", "Delta", Delta, (A.shape[0], n_out),

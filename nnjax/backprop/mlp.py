@@ -26,7 +26,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from nnjax._checks import check_choice, check_rank, check_shape, mixed_dtype
+from nnjax._checks import check_choice, check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.activations import activation_name, get_activation, relu
 from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
 from nnjax.backprop.dense import dense_backward, dense_batch_backward
@@ -64,7 +64,7 @@ def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "s
     sigma, _ = get_activation(name)
     check_choice("mlp_backward", "loss", loss, LOSSES)
     sizes = check_dense_stack("mlp_backward", params)
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = check_real_array("mlp_backward", "x", x), check_real_array("mlp_backward", "y", y)
     check_shape("mlp_backward", "x", x, (sizes[0],), f" = (n_0,) to match params[0]['W'] of shape {params[0]['W'].shape}")
     check_shape("mlp_backward", "y", y, (sizes[-1],), f" = (n_L,) to match params[-1]['W'] of shape {params[-1]['W'].shape}")
 
@@ -97,7 +97,7 @@ def _batch_grads(fn: str, params, X, Y, activation, loss: str, compute_dtype=Non
     """
     sigma, sigma_prime = get_activation(activation, fn)
     sizes = check_dense_stack(fn, params)
-    X, Y = jnp.asarray(X), jnp.asarray(Y)
+    X, Y = check_real_array(fn, "X", X), check_real_array(fn, "Y", Y)
     check_rank(fn, "X", X, 2, "(m, n_0): one example per row")
     check_shape(fn, "X", X, (None, sizes[0]), f" = (m, n_0) to match params[0]['W'] of shape {params[0]['W'].shape}")
     check_shape(fn, "Y", Y, (X.shape[0], sizes[-1]), f" = (m, n_L) to match X of shape {X.shape} "

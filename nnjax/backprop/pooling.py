@@ -22,11 +22,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from nnjax._checks import check_shape
+from nnjax._checks import check_real_array, check_shape
 from nnjax.layers.layout import (
     channel_axis, from_channels_last, image_shape, spatial_axes, spatial_shape, to_channels_last,
 )
-from nnjax.layers.pooling import check_pool_args, pool_output_shape, window_views
+from nnjax.layers.pooling import check_pool_args, first_max_index, pool_output_shape, window_views
 
 __all__ = ["max_pool2d_argmax", "max_pool2d_backward", "avg_pool2d_backward"]
 
@@ -39,7 +39,7 @@ def _check_delta(fn: str, x, delta, window, stride, layout):
     channels = x.shape[channel_axis(layout)]
     check_shape(fn, "delta", delta, image_shape(channels, *out_hw, layout),
                 f" = ({', '.join(layout)}) with H', W' the pooling output for x of shape {x.shape}")
-    return jnp.asarray(delta, x.dtype)
+    return check_real_array(fn, "delta", delta).astype(x.dtype)
 
 
 def _offsets(window):
@@ -55,16 +55,6 @@ def _scatter_view(g, in_hw, offset, stride):
     return lax.pad(g, jnp.zeros((), g.dtype), config + [(0, 0, 0)])
 
 
-def _first_argmax(views):
-    """Index t of the first view holding the maximum, per position (strict > keeps the first)."""
-    best, index = views[0], jnp.zeros(views[0].shape, jnp.int32)
-    for t, view in enumerate(views[1:], 1):
-        better = view > best
-        best = jnp.where(better, view, best)
-        index = jnp.where(better, t, index)
-    return index
-
-
 def max_pool2d_argmax(x, window=2, stride=None, layout="CHW"):
     """Which element of each window is its maximum: the offset index m*kw + n, (C, H', W') ints.
 
@@ -78,7 +68,7 @@ def max_pool2d_argmax(x, window=2, stride=None, layout="CHW"):
       int32 array (C, H', W') (or (H', W', C)) with values in [0, kh*kw).
     """
     x, window, stride = check_pool_args("max_pool2d_argmax", x, window, stride, layout)
-    return _first_argmax(window_views(x, window, stride, spatial_axes(layout)))
+    return first_max_index(window_views(x, window, stride, spatial_axes(layout)))
 
 
 def max_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
@@ -104,7 +94,7 @@ def max_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
     x, window, stride = check_pool_args("max_pool2d_backward", x, window, stride, layout)
     delta = _check_delta("max_pool2d_backward", x, delta, window, stride, layout)
     x_last, delta_last = to_channels_last(x, layout), to_channels_last(delta, layout)
-    winner = _first_argmax(window_views(x_last, window, stride, _SPATIAL))
+    winner = first_max_index(window_views(x_last, window, stride, _SPATIAL))
     zero = jnp.zeros((), delta.dtype)
     parts = [_scatter_view(jnp.where(winner == t, delta_last, zero), x_last.shape[:2], offset, stride)
              for t, offset in enumerate(_offsets(window))]

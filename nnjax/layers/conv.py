@@ -29,8 +29,8 @@ import numpy as np
 import jax
 from jax import lax
 
-from nnjax._checks import (as_pair, check_choice, check_float_array, check_positive_int, check_rank, check_shape,
-                           mixed_dtype)
+from nnjax._checks import (as_pair, check_choice, check_dict, check_float_array, check_float_leaves,
+                           check_positive_int, check_rank, check_shape, mixed_dtype)
 from nnjax.layers.dense import init_weights, mixed_matmul
 from nnjax.layers.layout import channel_axis, check_layout, from_channels_last, spatial_shape, to_channels_last
 
@@ -186,12 +186,15 @@ def check_conv_args(fn: str, params, x, stride, padding, layout="CHW"):
       (W, b, x, (sh, sw), ((top, bottom), (left, right))), with x and W cast to one float dtype.
 
     Raises:
+      TypeError for params that are not conv2d_init's {"W", "b"} of floats;
       AssertionError (chex) for wrong ranks, a channel mismatch or a bias of the wrong shape;
       ValueError/TypeError for bad stride, padding or layout, or a kernel larger than the
       padded input.
     """
     layout = check_layout(fn, layout)
     x = check_float_array(fn, "x", x)
+    check_dict(fn, "params", params, ("W", "b"), "conv2d_init")
+    check_float_leaves(fn, "params", params)
     W, b = jnp.asarray(params["W"]), jnp.asarray(params["b"])
     check_rank(fn, "W", W, 4, "(C_out, C_in, kh, kw)")
     check_rank(fn, "x", x, 3, f"one example ({', '.join(layout)}); batch with jax.vmap")

@@ -13,7 +13,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_choice, check_positive_int, check_rank, check_shape
+from nnjax._checks import (
+    check_choice, check_dict, check_float_leaves, check_positive_int, check_rank, check_real_array, check_shape,
+)
 
 __all__ = ["INITS", "init_variance", "init_weights", "dense_init", "dense"]
 
@@ -90,12 +92,12 @@ def check_dense_params(fn: str, params, name: str = "params") -> tuple[int, int]
     """Checks that `params` is {"W": (n_out, n_in), "b": (n_out,)}; returns (n_out, n_in).
 
     Raises:
-      TypeError: `params` is not a dict with exactly the keys "W" and "b".
+      TypeError: `params` is not a dict with exactly the keys "W" and "b", or holds
+        non-floating arrays.
       AssertionError: (chex) W is not a matrix or b does not match W's rows.
     """
-    if not isinstance(params, dict) or set(params) != {"W", "b"}:
-        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(f"{fn}: {name} must be a dict with keys ['W', 'b'], got {keys}")
+    check_dict(fn, name, params, ("W", "b"), "dense_init")
+    check_float_leaves(fn, name, params)
     W, b = params["W"], params["b"]
     check_rank(fn, f"{name}['W']", W, 2, "(n_out, n_in)")
     check_shape(fn, f"{name}['b']", b, (W.shape[0],), f" = (n_out,) to match W of shape {W.shape}")
@@ -140,7 +142,7 @@ def dense(params, x):
       z, shape (n_out,).
     """
     check_dense_params("dense", params)
-    W, b, x = params["W"], params["b"], jnp.asarray(x)
+    W, b, x = params["W"], params["b"], check_real_array("dense", "x", x)
     check_shape("dense", "x", x, (W.shape[1],), f" = (n_in,) to match W of shape {W.shape}")
     return W @ x + b
 

@@ -26,8 +26,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from nnjax._checks import check_float_array, check_positive_int, check_rank, check_shape
+from nnjax._checks import (
+    check_dict, check_float_array, check_float_leaves, check_positive_int, check_rank, check_shape,
+)
 from nnjax.layers.layout import channel_axis, check_layout
 
 __all__ = [
@@ -38,7 +41,7 @@ __all__ = [
 
 def _check_eps(fn: str, eps) -> float:
     """Returns eps as a float, or raises ValueError/TypeError unless it is a number > 0."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: eps must be a positive float, got {eps!r} of type {type(eps).__name__}")
     if not eps > 0:
         raise ValueError(f"{fn}: eps must be > 0 (it keeps sqrt(sigma^2 + eps) away from 0), got {eps}")
@@ -48,9 +51,9 @@ def _check_eps(fn: str, eps) -> float:
 def _check_params(fn: str, params, expected_shape, because: str, arg: str = "params") -> None:
     """Checks that `params` (the argument named `arg`) is a dict with "gamma" and "beta" of
     shape `expected_shape`."""
-    if not isinstance(params, dict) or not {"gamma", "beta"} <= params.keys():
-        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(f'{fn}: {arg} must be a dict with keys "gamma" and "beta", got {keys}')
+    layer = next(name for name in ("group_norm", "instance_norm", "layer_norm", "batch_norm") if name in fn)
+    check_dict(fn, arg, params, ("gamma", "beta"), f"{layer}_init")
+    check_float_leaves(fn, arg, params)
     check_shape(fn, f'{arg}["gamma"]', params["gamma"], expected_shape, because)
     check_shape(fn, f'{arg}["beta"]', params["beta"], expected_shape, because)
 
@@ -134,6 +137,8 @@ def check_running_statistics(fn: str, state, features: int, momentum, because: s
       AssertionError (chex) for a statistic of another shape, `because` appended to the
       message; ValueError for a momentum outside [0, 1].
     """
+    check_dict(fn, "state", state, ("mean", "var"), "batch_norm_init")
+    check_float_leaves(fn, "state", state)
     check_shape(fn, 'state["mean"]', state["mean"], (features,), because)
     check_shape(fn, 'state["var"]', state["var"], (features,), because)
     if isinstance(momentum, (int, float)) and not 0.0 <= momentum <= 1.0:
@@ -227,9 +232,11 @@ def layer_norm_init(shape):
     Returns:
       {"gamma": ones(shape), "beta": zeros(shape)}.
     """
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    for i, d in enumerate(dims):
-        check_positive_int("layer_norm_init", f"shape[{i}]", d)
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    if not isinstance(dims, (tuple, list)):
+        raise TypeError(f"layer_norm_init: shape must be an int or a tuple of ints (one example's "
+                        f"shape), got {shape!r}")
+    dims = tuple(check_positive_int("layer_norm_init", f"shape[{i}]", d) for i, d in enumerate(dims))
     return {"gamma": jnp.ones(dims), "beta": jnp.zeros(dims)}
 
 

@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnjax._checks import check_choice, check_positive_int, check_rank, check_shape
+from nnjax._checks import (
+    check_choice, check_dict, check_float_leaves, check_positive_int, check_rank, check_real_array, check_shape,
+)
 from nnjax.activations import ELEMENTWISE, sigmoid
 
 __all__ = ["perceptron", "perceptron_fit", "perceptron_fit_trace", "PerceptronTrace", "neuron"]
@@ -21,10 +23,9 @@ __all__ = ["perceptron", "perceptron_fit", "perceptron_fit_trace", "PerceptronTr
 
 def _check_unit_params(fn: str, params, x):
     """Checks params = {"w": (d,), "b": ()} and x: (d,); returns (w, b, x) as arrays."""
-    if not isinstance(params, dict) or set(params) != {"w", "b"}:
-        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(f"{fn}: params must be a dict with keys ['b', 'w'], got {keys}")
-    w, b, x = jnp.asarray(params["w"]), jnp.asarray(params["b"]), jnp.asarray(x)
+    check_dict(fn, "params", params, ("w", "b"), "perceptron_fit")
+    check_float_leaves(fn, "params", params)
+    w, b, x = jnp.asarray(params["w"]), jnp.asarray(params["b"]), check_real_array(fn, "x", x)
     check_rank(fn, "params['w']", w, 1, "(d,) one weight per input")
     check_shape(fn, "params['b']", b, (), " (a scalar bias)")
     check_shape(fn, "x", x, w.shape, f" = (d,) to match params['w'] of shape {w.shape}")
@@ -49,8 +50,10 @@ def perceptron(params, x):
 
 def _check_fit_args(fn: str, X, y, epochs, lr):
     """Validates perceptron_fit's arguments; returns (X as float array, y as X's dtype)."""
-    X, y = jnp.asarray(X), jnp.asarray(y)
+    X, y = check_real_array(fn, "X", X), check_real_array(fn, "y", y)
     check_rank(fn, "X", X, 2, "(n, d): one example per row")
+    if X.shape[0] == 0:
+        raise ValueError(f"{fn}: X has shape {X.shape}: no examples to learn from")
     check_shape(fn, "y", y, (X.shape[0],), f" = (n,) to match X of shape {X.shape}")
     check_positive_int(fn, "epochs", epochs)
     if not isinstance(lr, jax.core.Tracer) and not float(lr) > 0:
@@ -89,7 +92,8 @@ def perceptron_fit(X, y, *, epochs, lr=1.0):
     On linearly separable data the mistakes reach 0 after finitely many updates (the
     perceptron convergence theorem) and w, b stop changing, so the epochs after that count 0;
     on XOR every epoch has mistakes. jit-able with `epochs` static
-    (`jax.jit(perceptron_fit, static_argnames="epochs")`).
+    (`jax.jit(perceptron_fit, static_argnames="epochs")`); under jit, y and lr are traced, so
+    their values (labels in {-1, +1}, lr > 0) are checked only when called without it.
 
     Args:
       X: inputs, shape (n, d).

@@ -11,8 +11,9 @@ with H' = (H - kh) // sh + 1 (the conv output formula without padding; rows that
 reaches are dropped). The common 2x2 window with stride 2 halves each spatial dimension.
 
 Both are computed over the kh*kw shifted views x[:, m::sh, n::sw] (`window_views`): an
-elementwise max or sum of strided slices. That form was chosen by measurement (2-core CPU,
-jax 0.10.2) because its autodiff compiles well: `jax.grad` of it is a chain of selects, where
+elementwise selection (of each window's first maximum) or sum of strided slices. That form was
+chosen by measurement (2-core CPU, jax 0.10.2) because its autodiff compiles well: `jax.grad`
+of it is a chain of selects, where
 `lax.reduce_window` differentiates into XLA's select-and-scatter. A CNN train step at batch
 128 (conv 1->32, pool, conv 32->64, pool, two dense layers) took 151 ms of CPU time with this
 max_pool2d against 194 ms with `lax.reduce_window`; a reshape to (C, H', kh, W', kw) with a
@@ -28,7 +29,7 @@ from jax import lax
 from nnjax._checks import as_pair, check_float_array, check_rank
 from nnjax.layers.layout import check_layout, spatial_axes, spatial_shape
 
-__all__ = ["pool_output_shape", "window_views", "max_pool2d", "max_pool2d_blocks", "avg_pool2d"]
+__all__ = ["pool_output_shape", "window_views", "first_max_index", "max_pool2d", "max_pool2d_blocks", "avg_pool2d"]
 
 
 def check_pool_args(fn: str, x, window, stride, layout="CHW"):
@@ -82,8 +83,30 @@ def window_views(x, window, stride, axes=(1, 2)) -> list:
             for m in range(kh) for n in range(kw)]
 
 
+def first_max_index(views, nan_wins: bool = False):
+    """Which view holds each position's maximum: t for views[t], the FIRST one on a tie (the
+    strict > keeps the earlier view), int32 of the views' shape.
+
+    With nan_wins=True a NaN counts as the maximum (the first NaN wins), so that a pooled value
+    is NaN wherever its window holds one, as with `jnp.maximum`.
+    """
+    best, index = views[0], jnp.zeros(views[0].shape, jnp.int32)
+    for t, view in enumerate(views[1:], 1):
+        better = view > best
+        if nan_wins:
+            better = better | jnp.isnan(view)
+        best = jnp.where(better, view, best)
+        index = jnp.where(better, t, index)
+    return index
+
+
 def max_pool2d(x, window=2, stride=None, layout="CHW"):
     """Max pooling of ONE example: y_{c,i,j} = max_{m,n} x_{c, i*sh+m, j*sw+n}.
+
+    Each window's value is picked from its first maximum (`first_max_index`), so `jax.grad`
+    routes the window's whole delta to that one element, the rule of the hand-derived
+    `nnjax.backprop.max_pool2d_backward`, ties included (a chain of `jnp.maximum`s would split
+    a tied window's delta unevenly between its maxima).
 
     Args:
       x: (C, H, W) (or (H, W, C) with layout="HWC").
@@ -96,9 +119,10 @@ def max_pool2d(x, window=2, stride=None, layout="CHW"):
     """
     x, window, stride = check_pool_args("max_pool2d", x, window, stride, layout)
     views = window_views(x, window, stride, spatial_axes(layout))
+    winner = first_max_index(views, nan_wins=True)
     y = views[0]
-    for view in views[1:]:
-        y = jnp.maximum(y, view)
+    for t, view in enumerate(views[1:], 1):
+        y = jnp.where(winner == t, view, y)
     return y
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_choice, check_rank, check_shape, mixed_dtype
+from nnjax._checks import check_choice, check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.activations import ELEMENTWISE, relu, softmax
 from nnjax.backprop.custom_vjp import dense_batch_fast
 from nnjax.layers.dense import INITS, check_dense_stack, dense, dense_init
@@ -51,7 +51,7 @@ def _resolve_activation(fn: str, activation) -> Callable:
 def _checked_input(fn: str, params, x):
     """Checks params (a chain of dense layers) and x: (n_0,); returns x as an array."""
     sizes = check_dense_stack(fn, params)
-    x = jnp.asarray(x)
+    x = check_real_array(fn, "x", x)
     check_shape(fn, "x", x, (sizes[0],), f" = (n_0,) to match params[0]['W'] of shape {params[0]['W'].shape}")
     return x
 
