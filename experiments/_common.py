@@ -81,7 +81,7 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
                      help="continue the run in --out from its last checkpoint (same settings)")
     run.add_argument("--grads", choices=training.GRAD_SOURCES, default="autodiff",
                      help="gradients from jax.value_and_grad or from the hand-derived backprop")
-    run.add_argument("--gradcheck", action=argparse.BooleanOptionalAction, default=None,
+    run.add_argument("--gradcheck", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                      help="compare autodiff and manual gradients on the first batch, in the run's "
                           "--compute-dtype, and time both (default: on with --grads manual)")
     run.add_argument("--epoch-mode", choices=training.EPOCH_MODES, default="auto",
@@ -159,7 +159,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
         config = config_from_args(args, model, len(splits.train_labels))
     except (ValueError, TypeError) as error:
         parser.error(str(error))
-    check_grads = args.grads == "manual" if args.gradcheck is None else args.gradcheck
+    check_grads = getattr(args, "gradcheck", args.grads == "manual")
     try:
         results = training.train(model, splits, config, out_dir=args.out, resume=args.resume,
                                  stop_after_epoch=args.stop_after_epoch, check_grads=check_grads,

@@ -25,7 +25,7 @@ DEFAULTS = {
 def main(argv=None) -> dict:
     parser = build_parser("mnist_mlp", __doc__.split("\n\n")[0], DEFAULTS)
     network = parser.add_argument_group("network")
-    network.add_argument("--hidden", type=positive_ints("widths", "128,64"), default=(128, 64),
+    network.add_argument("--hidden", type=positive_ints("widths", "128,64"), default="128,64",
                          help="hidden-layer widths, comma-separated (the chapter: 128,64)")
     network.add_argument("--activation", choices=list(ELEMENTWISE), default="relu",
                          help="hidden-layer activation")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import chex
+import jax
 import jax.numpy as jnp
 
 
@@ -70,9 +71,18 @@ def check_float_leaves(fn: str, arg: str, tree: dict) -> None:
     """Raises TypeError unless every array in the dict `tree` (a layer's parameters or state) has
     a floating dtype, naming the entry."""
     for key, leaf in tree.items():
-        dtype = jnp.result_type(leaf)
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"{fn}: {arg}[{key!r}] must be a floating-point array, got dtype {dtype}")
+
+
+def check_key(fn: str, key) -> None:
+    """Raises TypeError unless `key` is a JAX random key: `jax.random.key(seed)` (or the older
+    uint32 pair `jax.random.PRNGKey(seed)`)."""
+    if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                       or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))):
+        return
+    raise TypeError(f"{fn}: key must be a JAX random key such as jax.random.key(0), got {key!r}")
 
 
 def check_choice(fn: str, arg: str, value, allowed: Iterable) -> None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from nnjax._checks import check_choice, check_rank, check_shape
-from nnjax.activations import activation_name, get_activation, relu, softmax_jacobian
+from nnjax.activations import activation_name, get_activation, relu, softmax, softmax_jacobian
 from nnjax.layers.dense import check_dense_params, check_dense_stack
 from nnjax.network.mlp import mlp_activations, mlp_forward, mlp_logits
 
@@ -51,6 +51,9 @@ def activation_jacobian(name, z):
     Returns:
       diag(sigma'(z)), shape (n, n).
     """
+    if name == "softmax" or name is softmax:
+        raise ValueError("activation_jacobian: softmax is not elementwise (each output depends on every "
+                         "z_j), so its Jacobian is not diagonal: use nnjax.activations.softmax_jacobian(z)")
     _, sigma_prime = get_activation(name, "activation_jacobian")
     z = jnp.asarray(z)
     check_rank("activation_jacobian", "z", z, 1, "(n,) pre-activation of one example")

@@ -19,6 +19,16 @@ def _safe_log(p):
     return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
 
 
+def _check_vector_pair(fn: str, arg: str, x, y):
+    """x (floats) and y (real numbers) of one shape (..., K), K >= 1; returns them as arrays."""
+    x, y = check_float_array(fn, arg, x), check_real_array(fn, "y", y)
+    if x.ndim == 0:
+        raise ValueError(f"{fn}: {arg} is a scalar; expected shape (..., K), the last axis summed "
+                         f"over (one output: shape (1,))")
+    check_same_shape(fn, arg, x, "y", y)
+    return x, y
+
+
 def mse(y_hat, y):
     """Squared error of one example: L = ||y - y_hat||^2 = sum_k (y_k - y_hat_k)^2.
 
@@ -29,8 +39,7 @@ def mse(y_hat, y):
     Returns:
       Shape (...,): the sum over the last axis. dL/dy_hat = 2 (y_hat - y).
     """
-    y_hat, y = check_float_array("mse", "y_hat", y_hat), check_real_array("mse", "y", y)
-    check_same_shape("mse", "y_hat", y_hat, "y", y)
+    y_hat, y = _check_vector_pair("mse", "y_hat", y_hat, y)
     return jnp.sum((y - y_hat) ** 2, axis=-1)
 
 
@@ -38,7 +47,11 @@ def binary_cross_entropy(p, y):
     """Elementwise L = -(y log p + (1 - y) log(1 - p)) for a sigmoid output p in [0, 1].
 
     p is clipped inside the logs to the dtype's smallest normal number, so the loss stays
-    finite for p in {0, 1} (about 87 in float32 for a confident wrong answer).
+    finite for p in {0, 1} (about 87 in float32 for a confident wrong answer). Where the clip
+    acts (p exactly 0 or 1, or beyond the smallest normal number: 6e-5 in float16) the loss
+    stops growing and its gradient is 0, so a saturated sigmoid learns nothing from its worst
+    mistakes: train on the logits with `binary_cross_entropy_with_logits`, whose gradient
+    sigma(z) - y never vanishes.
 
     Returns:
       Same shape as `p`.
@@ -65,6 +78,9 @@ def binary_cross_entropy_with_logits(z, y):
 def cross_entropy(p, y):
     """Categorical cross-entropy L = -sum_k y_k log p_k for probabilities p, one-hot y.
 
+    p is clipped inside the log as in `binary_cross_entropy` (finite loss, zero gradient
+    where the clip acts); `softmax_cross_entropy` on the logits has neither limit.
+
     Args:
       p: probabilities, shape (..., K).
       y: one-hot (or soft) targets, same shape.
@@ -72,16 +88,16 @@ def cross_entropy(p, y):
     Returns:
       Shape (...,).
     """
-    p, y = check_float_array("cross_entropy", "p", p), check_real_array("cross_entropy", "y", y)
-    check_same_shape("cross_entropy", "p", p, "y", y)
+    p, y = _check_vector_pair("cross_entropy", "p", p, y)
     return -jnp.sum(y * _safe_log(p), axis=-1)
 
 
 def softmax_cross_entropy(logits, y):
     """Cross-entropy of softmax(logits): L = -sum_k y_k log_softmax(z)_k.
 
-    Computed through `log_softmax`, so it is finite for any logits. With one-hot y the
-    chapter's simplification holds: dL/dz = softmax(z) - y = y_hat - y.
+    Computed through `log_softmax`, so it is finite for any finite logits, and for a logit of
+    -inf (a masked class) whose target is 0: classes with y_k = 0 add nothing, not 0 * -inf.
+    With one-hot y the chapter's simplification holds: dL/dz = softmax(z) - y = y_hat - y.
 
     Args:
       logits: z^[L], shape (..., K).
@@ -90,6 +106,5 @@ def softmax_cross_entropy(logits, y):
     Returns:
       Shape (...,).
     """
-    logits, y = check_float_array("softmax_cross_entropy", "logits", logits), check_real_array("softmax_cross_entropy", "y", y)
-    check_same_shape("softmax_cross_entropy", "logits", logits, "y", y)
-    return -jnp.sum(y * log_softmax(logits), axis=-1)
+    logits, y = _check_vector_pair("softmax_cross_entropy", "logits", logits, y)
+    return -jnp.sum(jnp.where(y == 0, 0, y * log_softmax(logits)), axis=-1)

@@ -35,6 +35,7 @@ import ctypes
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import sys
@@ -379,6 +380,12 @@ class TrainConfig:
         check_choice("TrainConfig", "optimizer", self.optimizer, OPTIMIZERS)
         check_choice("TrainConfig", "schedule", self.schedule, SCHEDULES)
         check_choice("TrainConfig", "compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        for name in ("lr", "warmup_epochs", "weight_decay", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"TrainConfig: {name}={value!r} must be a number")
+            if not math.isfinite(value):
+                raise ValueError(f"TrainConfig: {name}={value!r} must be finite")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig: lr={self.lr!r} must be > 0")
         if not 0 <= self.warmup_epochs < self.epochs:

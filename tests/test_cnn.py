@@ -221,7 +221,7 @@ def test_training_steps_lower_the_loss(small_net):
 @pytest.mark.parametrize("kwargs, error, pattern", [
     (dict(in_shape=(1, 28)), TypeError, r"in_shape must be \(C, H, W\)"),
     (dict(in_shape=(1, 3, 3)), ValueError, "too small: after conv1 the feature map is 1x1"),
-    (dict(in_shape=(1, 6, 6)), ValueError, "kernel_size=3 does not fit in_size=2"),
+    (dict(in_shape=(1, 6, 6)), ValueError, "cnn_init: in_shape=\\(1, 6, 6\\) is too small for 2 conv blocks: before conv2 the feature map is 2x2"),
     (dict(channels=()), TypeError, "channels"),
     (dict(channels=(8, 0)), ValueError, r"channels\[1\]"),
     (dict(hidden=0), ValueError, "hidden"),

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from nnjax.backprop import dense_backward, dense_batch_backward
-from nnjax.layers import INITS, dense, dense_init, init_variance, init_weights
+from nnjax.layers import INITS, conv2d_init, dense, dense_init, init_variance, init_weights
 
 
 def numerical_gradient(f, x, eps=1e-6):
@@ -142,7 +142,24 @@ def test_errors_name_function_argument_expected_and_actual():
         dense_init(jax.random.key(0), 3, 0)
     with pytest.raises(TypeError, match=r"dense_init: n_in must be a positive int, got 2.0 of type float"):
         dense_init(jax.random.key(0), 2.0, 3)
-    with pytest.raises(ValueError, match=r"init_variance: fan_in must be a positive int \(>= 1\), got -1"):
+    with pytest.raises(ValueError, match=r"init_weights: fan_in must be a positive int \(>= 1\), got -1"):
         init_weights(jax.random.key(0), (2, 2), -1, 2, "he")
     with pytest.raises(ValueError, match=r"init_variance: init='normal' is not allowed"):
-        init_weights(jax.random.key(0), (2, 2), 2, 2, "normal")
+        init_variance("normal", 2, 2)
+    with pytest.raises(ValueError, match=r"conv2d_init: init='kaiming' is not allowed"):
+        conv2d_init(jax.random.key(0), 2, 4, 3, init="kaiming")
+    with pytest.raises(TypeError, match=r"dense_init: key must be a JAX random key such as jax.random.key\(0\), got 42"):
+        dense_init(42, 3, 2)
+    with pytest.raises(TypeError, match=r"dense_init: dtype must be a floating dtype .* got .*int32"):
+        dense_init(jax.random.key(0), 3, 2, dtype=jnp.int32)
+    assert dense_init(jax.random.PRNGKey(0), 3, 2)["W"].shape == (2, 3)  # the older uint32 keys work too
+    with pytest.raises(TypeError, match=r"dense: params\['W'\] must be a floating-point array, got dtype bool"):
+        dense({"W": jnp.ones((2, 3), bool), "b": jnp.zeros(2, bool)}, jnp.ones(3))
+    with pytest.raises(TypeError, match=r"dense: x must be an array of real numbers .* got dtype complex64"):
+        dense(params, jnp.ones(5, jnp.complex64))
+    with pytest.raises(TypeError, match=r"dense_backward: delta must be an array of real numbers .* got dtype complex64"):
+        dense_backward(params, jnp.ones(5), jnp.ones(3, jnp.complex64))
+    lists = {"W": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], "b": [0.0, 0.0]}  # nested lists are one matrix
+    with pytest.raises(AssertionError, match=r"dense: x has shape \(4,\), expected \(3,\)"):
+        dense(lists, jnp.ones(4))
+    np.testing.assert_allclose(dense(lists, jnp.ones(3)), [6.0, 6.0])

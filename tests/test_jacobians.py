@@ -88,6 +88,9 @@ def test_errors_name_function_argument_expected_and_actual():
         activation_jacobian("relu", jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"activation_jacobian: activation=gelu \(from jax\) is not one of nnjax's activations"):
         activation_jacobian(jax.nn.gelu, jnp.zeros(3))
+    for softmax in ("softmax", nnjax.activations.softmax):
+        with pytest.raises(ValueError, match=r"activation_jacobian: softmax is not elementwise .* use nnjax.activations.softmax_jacobian"):
+            activation_jacobian(softmax, jnp.zeros(3))
     with pytest.raises(AssertionError, match=r"dense_jacobian: params\['b'\] has shape \(2,\), expected \(3,\)"):
         dense_jacobian({"W": jnp.zeros((3, 4)), "b": jnp.zeros(2)})
     for fn in (mlp_jacobian, layer_jacobians, chain_rule_check):

@@ -306,8 +306,10 @@ def test_batch_norm_train_outside_vmap_explains_the_fix():
     params, state = batch_norm_init(3)
     with pytest.raises(NameError, match=r"jax.vmap\(\.\.\., axis_name='batch'\)"):
         batch_norm(params, state, jnp.ones(3), train=True)
-    with pytest.raises(NameError, match="batch_norm_backward"):
-        batch_norm_backward(params, jnp.ones(3), jnp.ones(3))
+    with pytest.raises(NameError, match="pass train=False"):
+        batch_norm(params, state, jnp.ones(3), train=True)
+    with pytest.raises(NameError, match=r"batch_norm_backward: .*with that axis name\)$"):
+        batch_norm_backward(params, jnp.ones(3), jnp.ones(3))  # no train=False to point to
 
 
 def test_batch_norm_train_with_wrong_axis_name_raises():
@@ -321,6 +323,8 @@ def test_batch_norm_needs_more_than_one_value_per_feature():
     params, state = batch_norm_init(3)
     with pytest.raises(ValueError, match="more than one value"):
         _train_batch(params, state, jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match="batch_norm_backward: batch statistics need more than one value"):
+        jax.vmap(lambda x, d: batch_norm_backward(params, x, d), axis_name="batch")(jnp.ones((1, 3)), jnp.ones((1, 3)))
 
 
 @pytest.mark.parametrize("call, error, pattern", [

@@ -275,6 +275,8 @@ def test_resume_without_checkpoint_or_with_other_settings_is_refused(small_split
     ({"optimizer": "lbfgs"}, r"expected one of \['adamw', 'adam', 'sgd'\]"),
     ({"schedule": "step"}, r"expected one of \['cosine', 'onecycle', 'constant'\]"),
     ({"lr": 0.0}, "lr=0.0 must be > 0"),
+    ({"lr": float("inf")}, "lr=inf must be finite"),
+    ({"weight_decay": float("nan")}, "weight_decay=nan must be finite"),
     ({"epochs": 0}, "epochs must be a positive int"),
     ({"warmup_epochs": 3}, r"warmup_epochs=3 must be in \[0, epochs=3\)"),
     ({"label_smoothing": 1.0}, r"label_smoothing=1.0 must be in \[0, 1\)"),
@@ -285,6 +287,11 @@ def test_bad_settings_raise_naming_the_setting(small_splits, overrides, message)
     model = training.mlp_model()
     with pytest.raises(ValueError, match=message):
         small_config(small_splits, model, **overrides).validate()
+
+
+def test_a_setting_of_the_wrong_type_names_itself(small_splits):
+    with pytest.raises(TypeError, match="TrainConfig: lr='0.1' must be a number"):
+        small_config(small_splits, training.mlp_model(), lr="0.1").validate()
 
 
 def test_config_must_match_the_training_set(small_splits):

@@ -15,3 +15,7 @@ from nnjax.backprop.normalization import *  # noqa: F401,F403
 from nnjax.backprop.conv_norm import *  # noqa: F401,F403
 from nnjax.backprop.custom_vjp import *  # noqa: F401,F403
 from nnjax.backprop.cnn import *  # noqa: F401,F403
+import importlib
+
+_PARTS = ("activation", "dense", "mlp", "conv", "pooling", "normalization", "conv_norm", "custom_vjp", "cnn")
+__all__ = [name for part in _PARTS for name in importlib.import_module(f"{__name__}.{part}").__all__]

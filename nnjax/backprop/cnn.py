@@ -101,6 +101,10 @@ def cnn_feature_shape(in_shape, channels, kernel_size, fn: str = "cnn_feature_sh
     """
     c, h, w = in_shape
     for i, c_out in enumerate(channels, start=1):
+        if h < kernel_size[0] or w < kernel_size[1]:
+            raise ValueError(f"{fn}: in_shape={tuple(in_shape)} is too small for {len(channels)} conv "
+                             f"blocks: before conv{i} the feature map is {h}x{w}, smaller than the "
+                             f"{kernel_size[0]}x{kernel_size[1]} kernel")
         h, w = conv_output_size(h, kernel_size[0]), conv_output_size(w, kernel_size[1])
         if min(h, w) < POOL_WINDOW:
             raise ValueError(f"{fn}: in_shape={tuple(in_shape)} is too small: after conv{i} the "

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from nnjax._checks import check_float_array, check_rank, check_same_shape
 from nnjax.layers.normalization import (
-    _axis_names, _batch_count, _check_batch_norm_input, _check_eps, _check_groups, _check_image,
-    _check_params, _feature_axes, _mean, _per_channel, _standardize,
+    _axis_names, _check_batch_norm_input, _check_eps, _check_groups, _check_image, _check_params,
+    _feature_axes, _mean, _per_channel, _standardize, _values_per_feature,
 )
 
 __all__ = ["batch_norm_backward", "batch_norm_batch_backward", "layer_norm_backward",
@@ -86,10 +86,10 @@ def batch_norm_backward(params, x, delta, *, axis_name="batch", eps=1e-5, layout
       ({"gamma": (F,), "beta": (F,)}, dx of x's shape).
     """
     fn = "batch_norm_backward"
-    x, _ = _check_batch_norm_input(fn, params, x, layout)
+    x, features = _check_batch_norm_input(fn, params, x, layout)
     check_same_shape(fn, "delta", delta, "x", x)
     eps = _check_eps(fn, eps)
-    _batch_count(fn, axis_name)
+    _values_per_feature(fn, axis_name, x, features)
     _, spatial = _feature_axes(x, layout)
     dx, x_hat = _standardize_backward(x, _per_channel(params["gamma"], x, layout) * delta, spatial, axis_name, eps)
     grads = {"gamma": (delta * x_hat).sum(axis=spatial), "beta": delta.sum(axis=spatial)}

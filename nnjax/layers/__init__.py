@@ -11,3 +11,7 @@ from nnjax.layers.conv import *  # noqa: F401,F403  "Convolutional Layer", "Stri
 from nnjax.layers.pooling import *  # noqa: F401,F403  "Pooling Layer"
 from nnjax.layers.normalization import *  # noqa: F401,F403  "Normalization Techniques"
 from nnjax.layers.conv_norm import *  # noqa: F401,F403  a convolution then batch norm, as one product
+import importlib
+
+_PARTS = ("perceptron", "dense", "conv", "pooling", "normalization", "conv_norm")
+__all__ = [name for part in _PARTS for name in importlib.import_module(f"{__name__}.{part}").__all__]

@@ -162,7 +162,7 @@ def conv2d_init(key, c_in, c_out, kernel_size, init="he", dtype=jnp.float32) -> 
     c_in = check_positive_int(fn, "c_in", c_in)
     c_out = check_positive_int(fn, "c_out", c_out)
     kh, kw = as_pair(fn, "kernel_size", kernel_size)
-    W = init_weights(key, (c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, init, dtype)
+    W = init_weights(key, (c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, init, dtype, fn)
     return {"W": W, "b": jnp.zeros((c_out,), W.dtype)}
 
 

@@ -12,9 +12,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnjax._checks import (
-    check_choice, check_dict, check_float_leaves, check_positive_int, check_rank, check_real_array, check_shape,
+    check_choice, check_dict, check_float_dtype, check_float_leaves, check_key, check_positive_int, check_rank,
+    check_real_array, check_shape,
 )
 
 __all__ = ["INITS", "init_variance", "init_weights", "dense_init", "dense"]
@@ -23,7 +25,7 @@ INITS = ("he", "xavier", "lecun", "zeros")
 """Names of the weight initializations; see `init_variance`."""
 
 
-def init_variance(init: str, fan_in: int, fan_out: int) -> float:
+def init_variance(init: str, fan_in: int, fan_out: int, fn: str = "init_variance") -> float:
     """The variance of each initial weight for the scheme `init`.
 
     - "he": 2 / fan_in (He et al. 2015, for ReLU).
@@ -31,16 +33,19 @@ def init_variance(init: str, fan_in: int, fan_out: int) -> float:
     - "lecun": 1 / fan_in.
     - "zeros": 0.
 
+    `fn` is the public function to name in error messages.
+
     Raises:
       ValueError: unknown `init` (listing the allowed ones) or non-positive fans.
     """
-    check_choice("init_variance", "init", init, INITS)
-    fan_in = check_positive_int("init_variance", "fan_in", fan_in)
-    fan_out = check_positive_int("init_variance", "fan_out", fan_out)
+    check_choice(fn, "init", init, INITS)
+    fan_in = check_positive_int(fn, "fan_in", fan_in)
+    fan_out = check_positive_int(fn, "fan_out", fan_out)
     return {"he": 2 / fan_in, "xavier": 2 / (fan_in + fan_out), "lecun": 1 / fan_in, "zeros": 0.0}[init]
 
 
-def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=jnp.float32):
+def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=jnp.float32,
+                 fn: str = "init_weights"):
     """Draws a weight tensor from N(0, init_variance(init, fan_in, fan_out)).
 
     Shared by every layer with weights: for a dense layer fan_in = n_in, fan_out = n_out; for
@@ -53,11 +58,18 @@ def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=
       fan_in, fan_out: positive ints, as above.
       init: one of "he", "xavier", "lecun", "zeros".
       dtype: floating dtype of the result.
+      fn: the public function to name in error messages (e.g. "conv2d_init").
 
     Returns:
       An array of `shape` and `dtype`.
+
+    Raises:
+      TypeError: `key` is not a JAX random key, or `dtype` not a floating dtype.
+      ValueError: as `init_variance`.
     """
-    variance = init_variance(init, fan_in, fan_out)
+    variance = init_variance(init, fan_in, fan_out, fn)
+    check_key(fn, key)
+    dtype = check_float_dtype(fn, "dtype", dtype)
     if init == "zeros":
         return jnp.zeros(shape, dtype)
     return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
@@ -83,9 +95,8 @@ def dense_init(key, n_in: int, n_out: int, init: str = "he", dtype=jnp.float32):
     """
     n_in = check_positive_int("dense_init", "n_in", n_in)
     n_out = check_positive_int("dense_init", "n_out", n_out)
-    check_choice("dense_init", "init", init, INITS)
-    return {"W": init_weights(key, (n_out, n_in), n_in, n_out, init, dtype),
-            "b": jnp.zeros((n_out,), dtype)}
+    W = init_weights(key, (n_out, n_in), n_in, n_out, init, dtype, "dense_init")
+    return {"W": W, "b": jnp.zeros((n_out,), W.dtype)}
 
 
 def check_dense_params(fn: str, params, name: str = "params") -> tuple[int, int]:
@@ -100,8 +111,9 @@ def check_dense_params(fn: str, params, name: str = "params") -> tuple[int, int]
     check_float_leaves(fn, name, params)
     W, b = params["W"], params["b"]
     check_rank(fn, f"{name}['W']", W, 2, "(n_out, n_in)")
-    check_shape(fn, f"{name}['b']", b, (W.shape[0],), f" = (n_out,) to match W of shape {W.shape}")
-    return W.shape
+    shape = np.shape(W)
+    check_shape(fn, f"{name}['b']", b, (shape[0],), f" = (n_out,) to match W of shape {shape}")
+    return shape
 
 
 def check_dense_stack(fn: str, params) -> list[int]:
@@ -127,7 +139,7 @@ def check_dense_stack(fn: str, params) -> list[int]:
         W = layer["W"]
         check_shape(fn, f"params[{l}]['W']", W, (None, sizes[-1]),
                     f" to take the {sizes[-1]} outputs of params[{l - 1}]")
-        sizes.append(W.shape[0])
+        sizes.append(np.shape(W)[0])
     return sizes
 
 
@@ -142,7 +154,7 @@ def dense(params, x):
       z, shape (n_out,).
     """
     check_dense_params("dense", params)
-    W, b, x = params["W"], params["b"], check_real_array("dense", "x", x)
+    W, b, x = jnp.asarray(params["W"]), jnp.asarray(params["b"]), check_real_array("dense", "x", x)
     check_shape("dense", "x", x, (W.shape[1],), f" = (n_in,) to match W of shape {W.shape}")
     return W @ x + b
 

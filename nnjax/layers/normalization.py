@@ -103,17 +103,23 @@ def _standardize(x, axes, axis_name, eps):
     return (x - mu) * jax.lax.rsqrt(var + eps), mu, var
 
 
-def _batch_count(fn: str, axis_name) -> int:
-    """The number of examples along the named axis; a clear error outside vmap/pmap/shard_map."""
+def _values_per_feature(fn: str, axis_name, x, features: int) -> int:
+    """m, the values per feature the batch statistics average over (examples along the named
+    axis times each example's pixels); a clear error outside vmap/pmap/shard_map, or for m < 2."""
     try:
-        return math.prod(jax.lax.psum(1, name) for name in _axis_names(axis_name))
+        examples = math.prod(jax.lax.psum(1, name) for name in _axis_names(axis_name))
     except NameError as err:
+        forward_only = "" if fn.endswith("_backward") else ", or pass train=False to use the running statistics"
         raise NameError(
-            f"{fn}: train=True needs the batch axis {axis_name!r} but it is not bound: batch norm "
-            f"maps one example and reads the batch statistics across that axis. Wrap the call in "
-            f"jax.vmap(..., axis_name={axis_name!r}) (or pmap/shard_map with that axis name), or "
-            f"pass train=False to use the running statistics"
+            f"{fn}: batch statistics need the batch axis {axis_name!r} but it is not bound: batch "
+            f"norm maps one example and reads the batch statistics across that axis. Wrap the call "
+            f"in jax.vmap(..., axis_name={axis_name!r}) (or pmap/shard_map with that axis name){forward_only}"
         ) from err
+    m = examples * (x.size // features)
+    if isinstance(m, int) and m < 2:
+        raise ValueError(f"{fn}: batch statistics need more than one value per feature to estimate a "
+                         f"variance, got a batch of {m} for x of shape {x.shape}")
+    return m
 
 
 def _check_batch_norm_input(fn: str, params, x, layout):
@@ -218,10 +224,7 @@ def batch_norm(params, state, x, *, train, axis_name="batch", momentum=0.9, eps=
         mean, var = _per_channel(state["mean"], x, layout), _per_channel(state["var"], x, layout)
         return gamma * (x - mean) * jax.lax.rsqrt(var + eps) + beta, state
     _, spatial = _feature_axes(x, layout)
-    m = _batch_count(fn, axis_name) * (x.size // features)
-    if isinstance(m, int) and m < 2:
-        raise ValueError(f"{fn}: train=True needs more than one value per feature to estimate a "
-                         f"variance, got a batch of {m} for x of shape {x.shape}")
+    m = _values_per_feature(fn, axis_name, x, features)
     x_hat, mu, var = _standardize(x, spatial, axis_name, eps)
     return gamma * x_hat + beta, running_statistics(state, mu.reshape(-1), var.reshape(-1), m, momentum)
 

@@ -26,3 +26,8 @@ from nnjax.viz.normalization import *  # noqa: F401,F403,E402
 from nnjax.viz.perceptron import *  # noqa: F401,F403,E402
 from nnjax.viz.propagation import *  # noqa: F401,F403,E402
 from nnjax.viz.tensor_shapes import *  # noqa: F401,F403,E402
+import importlib  # noqa: E402
+
+_PARTS = ("activations", "architecture", "convolution", "gallery", "normalization", "perceptron", "propagation",
+          "tensor_shapes")
+__all__ = [name for part in _PARTS for name in importlib.import_module(f"{__name__}.{part}").__all__]
