@@ -441,6 +441,14 @@ def _softmax_cross_entropy_case() -> Case:
     return Case("softmax_cross_entropy_backward", "K=5", make)
 
 
+def _sigmoid_binary_cross_entropy_case() -> Case:
+    def make(rng):
+        y = rng.uniform(size=4)
+        return ({"z": _normal(rng, 4, scale=3.0)}, lambda p: losses.sigmoid_binary_cross_entropy(p["z"], y),
+                _scaled(lambda p: {"z": backprop.sigmoid_binary_cross_entropy_backward(p["z"], y)}))
+    return Case("sigmoid_binary_cross_entropy_backward", "K=4", make)
+
+
 def _mse_case() -> Case:
     def make(rng):
         y = _normal(rng, 4)
@@ -553,13 +561,15 @@ def _norm_case(name: str, x_shape: tuple, param_shape: tuple, **kwargs) -> Case:
 def _mlp_backward_case(loss: str) -> Case:
     def make(rng):
         params, x = _mlp_params(rng, [4, 5, 3]), _normal(rng, 4)
-        y = _one_hot(rng, 1, 3)[0] if loss == "softmax_cross_entropy" else _normal(rng, 3)
+        y = {"softmax_cross_entropy": _one_hot(rng, 1, 3)[0], "mse": _normal(rng, 3),
+             "sigmoid_binary_cross_entropy": rng.uniform(size=3)}[loss]
 
         def forward(p):
             return getattr(losses, loss)(network.mlp_logits(p, x, activation=activations.tanh), y)
         return params, forward, _scaled(
             lambda p: backprop.mlp_backward(p, x, y, activation=activations.tanh, loss=loss)[0])
-    return Case("mlp_backward", f"4-5-3, tanh, {loss.replace('softmax_cross_entropy', 'softmax CE')}", make)
+    short = {"softmax_cross_entropy": "softmax CE", "mse": "MSE", "sigmoid_binary_cross_entropy": "sigmoid BCE"}
+    return Case("mlp_backward", f"4-5-3, tanh, {short[loss]}", make)
 
 
 def _mlp_grads_case(activation_name: str) -> Case:
@@ -616,11 +626,13 @@ CASES: list[Case] = [
     *[_activation_case(name) for name in activations.ELEMENTWISE],
     _softmax_case(),
     _softmax_cross_entropy_case(),
+    _sigmoid_binary_cross_entropy_case(),
     _mse_case(),
     _dense_case(),
     _dense_batch_case(),
     _mlp_backward_case("softmax_cross_entropy"),
     _mlp_backward_case("mse"),
+    _mlp_backward_case("sigmoid_binary_cross_entropy"),
     _mlp_grads_case("relu"),
     _mlp_grads_case("sigmoid"),
     _mlp_grads_mse_case(),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from nnjax._checks import check_float_array, check_real_array, check_same_shape
 from nnjax.activations import log_softmax, softplus
 
-__all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+__all__ = ["mse", "binary_cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_binary_cross_entropy",
            "cross_entropy", "softmax_cross_entropy"]
 
 
@@ -73,6 +73,26 @@ def binary_cross_entropy_with_logits(z, y):
     z, y = check_float_array("binary_cross_entropy_with_logits", "z", z), check_real_array("binary_cross_entropy_with_logits", "y", y)
     check_same_shape("binary_cross_entropy_with_logits", "z", z, "y", y)
     return softplus(z) - y * z
+
+
+def sigmoid_binary_cross_entropy(logits, y):
+    """Binary cross-entropy of one example's K sigmoid outputs, from their logits, summed:
+    L = -sum_k [y_k log sigma(z_k) + (1 - y_k) log(1 - sigma(z_k))].
+
+    The chapter's pairing of binary cross-entropy with a sigmoid output layer (K = 1 for one
+    yes/no answer, more for independent labels), as one network loss: each term is
+    `binary_cross_entropy_with_logits`, stable for any z. As with softmax, the output's
+    derivative cancels: dL/dz^[L] = sigma(z^[L]) - y = y_hat - y.
+
+    Args:
+      logits: z^[L], shape (..., K).
+      y: targets in [0, 1], the same shape.
+
+    Returns:
+      Shape (...,).
+    """
+    logits, y = _check_vector_pair("sigmoid_binary_cross_entropy", "logits", logits, y)
+    return jnp.sum(softplus(logits) - y * logits, axis=-1)
 
 
 def cross_entropy(p, y):

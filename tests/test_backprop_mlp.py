@@ -13,11 +13,12 @@ from jax.flatten_util import ravel_pytree
 
 import nnjax.backprop
 from nnjax.activations import ELEMENTWISE, softmax
-from nnjax.backprop import mlp_backward, mlp_grads, mlp_grads_mse, mlp_logits_and_grads
-from nnjax.losses import mse, softmax_cross_entropy
+from nnjax.backprop import mlp_backward, mlp_grads, mlp_grads_bce, mlp_grads_mse, mlp_logits_and_grads
+from nnjax.losses import mse, sigmoid_binary_cross_entropy, softmax_cross_entropy
 from nnjax.network import mlp_init, mlp_logits, mlp_logits_batch
 
-LOSS_FNS = {"softmax_cross_entropy": softmax_cross_entropy, "mse": mse}
+LOSS_FNS = {"softmax_cross_entropy": softmax_cross_entropy, "mse": mse,
+            "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy}
 
 
 def random_mlp(seed, sizes, m=None):
@@ -73,9 +74,12 @@ def example_manual_and_autodiff(params, x, y, activation):
 
 @partial(jax.jit, static_argnames=("activation",))
 def batch_manual_and_autodiff(params, X, Y, activation):
-    """mlp_grads and mlp_grads_mse beside jax.grad of the two mean losses, in one compiled call."""
+    """mlp_grads, mlp_grads_mse and mlp_grads_bce beside jax.grad of the three mean losses, in one
+    compiled call."""
     return ((mlp_grads(params, X, Y, activation), jax.grad(batch_loss)(params, X, Y, activation, "softmax_cross_entropy")),
-            (mlp_grads_mse(params, X, Y, activation), jax.grad(batch_loss)(params, X, Y, activation, "mse")))
+            (mlp_grads_mse(params, X, Y, activation), jax.grad(batch_loss)(params, X, Y, activation, "mse")),
+            (mlp_grads_bce(params, X, Y, activation),
+             jax.grad(batch_loss)(params, X, Y, activation, "sigmoid_binary_cross_entropy")))
 
 
 @partial(jax.jit, static_argnames=("activation",))
@@ -110,6 +114,8 @@ def test_output_deltas_are_the_chapters_simplifications(x64):
     np.testing.assert_allclose(deltas[-1], softmax(logits) - y, atol=1e-15)  # a^[L] - y
     _, deltas = mlp_backward(params, x, y, loss="mse")
     np.testing.assert_allclose(deltas[-1], 2 * (logits - y), atol=1e-15)
+    _, deltas = mlp_backward(params, x, y, loss="sigmoid_binary_cross_entropy")
+    np.testing.assert_allclose(deltas[-1], jax.nn.sigmoid(logits) - y, atol=1e-15)  # a^[L] - y again
     z1 = params[0]["W"] @ x + params[0]["b"]
     np.testing.assert_allclose(deltas[0], (params[1]["W"].T @ deltas[1]) * (z1 > 0), atol=1e-15)
 
@@ -117,9 +123,10 @@ def test_output_deltas_are_the_chapters_simplifications(x64):
 @pytest.mark.parametrize("activation", ELEMENTWISE)
 def test_mlp_grads_match_jax_grad_and_the_mean_of_per_example_backward(activation, x64):
     params, X, Y = random_mlp(3, [5, 6, 4, 3], m=7)
-    (ce, ce_auto), (sq, sq_auto) = batch_manual_and_autodiff(params, X, Y, activation)
+    (ce, ce_auto), (sq, sq_auto), (bce, bce_auto) = batch_manual_and_autodiff(params, X, Y, activation)
     assert_trees_close(ce, ce_auto, rtol=1e-11, atol=1e-13)
     assert_trees_close(sq, sq_auto, rtol=1e-11, atol=1e-13)
+    assert_trees_close(bce, bce_auto, rtol=1e-11, atol=1e-13)
     assert_trees_close(ce, mean_of_per_example_backward(params, X, Y, activation), rtol=1e-11, atol=1e-13)
 
 
@@ -184,9 +191,10 @@ def test_mlp_grads_equal_the_chapters_numpy_code(x64):
        activation=st.sampled_from(list(ELEMENTWISE)), seed=st.integers(0, 2**16))
 def test_mlp_grads_equal_autodiff_for_random_sizes_and_batches(x64, sizes, m, activation, seed):
     params, X, Y = random_mlp(seed, sizes, m)
-    (ce, ce_auto), (sq, sq_auto) = batch_manual_and_autodiff(params, X, Y, activation)
+    (ce, ce_auto), (sq, sq_auto), (bce, bce_auto) = batch_manual_and_autodiff(params, X, Y, activation)
     assert_trees_close(ce, ce_auto, rtol=1e-10, atol=1e-12)
     assert_trees_close(sq, sq_auto, rtol=1e-10, atol=1e-12)
+    assert_trees_close(bce, bce_auto, rtol=1e-10, atol=1e-12)
     assert [g["W"].shape for g in ce] == [p["W"].shape for p in params]
 
 
@@ -236,7 +244,7 @@ def test_batch_errors_name_function_argument_expected_and_actual(fn):
 def test_example_errors_name_function_argument_expected_and_actual():
     params = mlp_init(jax.random.key(0), [4, 5, 3])
     x, y = jnp.zeros(4), jnp.zeros(3)
-    with pytest.raises(ValueError, match=r"mlp_backward: loss='hinge' is not allowed; expected one of \['softmax_cross_entropy', 'mse'\]"):
+    with pytest.raises(ValueError, match=r"mlp_backward: loss='hinge' is not allowed; expected one of \['softmax_cross_entropy', 'mse', 'sigmoid_binary_cross_entropy'\]"):
         mlp_backward(params, x, y, loss="hinge")
     with pytest.raises(ValueError, match=r"mlp_backward: activation=<lambda> \(from test_backprop_mlp\) is not one of nnjax's activations"):
         mlp_backward(params, x, y, lambda z: z)

@@ -6,7 +6,7 @@ import pytest
 
 from nnjax import losses as L
 from nnjax.activations import sigmoid, softmax
-from nnjax.backprop import mse_backward, softmax_cross_entropy_backward
+from nnjax.backprop import mse_backward, sigmoid_binary_cross_entropy_backward, softmax_cross_entropy_backward
 
 
 def numerical_gradient(f, x, eps=1e-6):
@@ -29,6 +29,7 @@ def test_values_match_the_chapter_formulas(x64):
     np.testing.assert_allclose(L.mse(logits, y), ((t - z) ** 2).sum(-1), rtol=1e-14)
     np.testing.assert_allclose(L.binary_cross_entropy(p, y), -(t * np.log(q) + (1 - t) * np.log(1 - q)), rtol=1e-13)
     np.testing.assert_allclose(L.binary_cross_entropy_with_logits(logits, y), L.binary_cross_entropy(p, y), rtol=1e-13)
+    np.testing.assert_allclose(L.sigmoid_binary_cross_entropy(logits, y), L.binary_cross_entropy(p, y).sum(-1), rtol=1e-13)
     probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
     np.testing.assert_allclose(L.cross_entropy(jnp.asarray(probs), y), -(t * np.log(probs)).sum(-1), rtol=1e-13)
     np.testing.assert_allclose(L.softmax_cross_entropy(logits, y), L.cross_entropy(jnp.asarray(probs), y), rtol=1e-13)
@@ -48,6 +49,7 @@ HAND_GRADIENTS = {
     "mse": (L.mse, lambda y_hat, y: 2 * (y_hat - y)),
     "softmax_cross_entropy": (L.softmax_cross_entropy, lambda z, y: softmax(z) - y),
     "binary_cross_entropy_with_logits": (L.binary_cross_entropy_with_logits, lambda z, y: sigmoid(z) - y),
+    "sigmoid_binary_cross_entropy": (L.sigmoid_binary_cross_entropy, lambda z, y: sigmoid(z) - y),
     "binary_cross_entropy": (L.binary_cross_entropy, lambda p, y: (p - y) / (p * (1 - p))),
     "cross_entropy": (L.cross_entropy, lambda p, y: -y / p),
 }
@@ -65,7 +67,8 @@ def test_gradients_match_jax_grad_and_finite_differences(name, x64):
 
 def test_loss_backward_functions_match_vjp(x64):
     logits, y, _ = batch64()
-    for backward, loss in ((softmax_cross_entropy_backward, L.softmax_cross_entropy), (mse_backward, L.mse)):
+    for backward, loss in ((softmax_cross_entropy_backward, L.softmax_cross_entropy), (mse_backward, L.mse),
+                           (sigmoid_binary_cross_entropy_backward, L.sigmoid_binary_cross_entropy)):
         _, vjp = jax.vjp(lambda z: loss(z, y), logits)
         np.testing.assert_allclose(backward(logits, y), vjp(jnp.ones(2))[0], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(backward(logits, y), numerical_gradient(lambda z: jnp.sum(loss(z, y)), logits),

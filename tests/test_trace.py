@@ -63,11 +63,11 @@ def test_forward_output_functions(output, fn):
 
 
 def _loss_of_params(loss, activation):
-    loss_fn = {"mse": losses.mse, "softmax_cross_entropy": losses.softmax_cross_entropy}[loss]
+    loss_fn = getattr(losses, loss)
     return lambda params, x, y: loss_fn(mlp_logits(params, x, activation), y)
 
 
-@pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy", "sigmoid_binary_cross_entropy"])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 def test_backward_grads_equal_jax_grad(x64, loss, activation):
     key_params, key_x, key_y = jax.random.split(jax.random.key(7), 3)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from nnjax._checks import check_float_array, check_real_array, check_same_shape
-from nnjax.activations import get_activation, softmax
+from nnjax.activations import get_activation, sigmoid, softmax
 
-__all__ = ["activation_backward", "softmax_backward", "softmax_cross_entropy_backward", "mse_backward"]
+__all__ = ["activation_backward", "softmax_backward", "softmax_cross_entropy_backward",
+           "sigmoid_binary_cross_entropy_backward", "mse_backward"]
 
 
 def activation_backward(name, z, delta):
@@ -68,6 +69,26 @@ def softmax_cross_entropy_backward(logits, y):
     y = check_real_array("softmax_cross_entropy_backward", "y", y)
     check_same_shape("softmax_cross_entropy_backward", "logits", logits, "y", y)
     return softmax(logits) - y
+
+
+def sigmoid_binary_cross_entropy_backward(logits, y):
+    """dL/dz^[L] of L = -sum_k [y_k log sigma(z_k) + (1 - y_k) log(1 - sigma(z_k))]
+    (`nnjax.losses.sigmoid_binary_cross_entropy`): sigma(z^[L]) - y = y_hat - y.
+
+    Per output, dL/dy_hat = (y_hat - y) / (y_hat (1 - y_hat)) and dy_hat/dz = y_hat (1 - y_hat)
+    cancel, as softmax's Jacobian does with cross-entropy.
+
+    Args:
+      logits: z^[L], shape (..., K).
+      y: targets in [0, 1], the same shape.
+
+    Returns:
+      sigma(z^[L]) - y, the shape of logits.
+    """
+    fn = "sigmoid_binary_cross_entropy_backward"
+    logits, y = check_float_array(fn, "logits", logits), check_real_array(fn, "y", y)
+    check_same_shape(fn, "logits", logits, "y", y)
+    return sigmoid(logits) - y
 
 
 def mse_backward(y_hat, y):

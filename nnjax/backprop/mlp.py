@@ -28,14 +28,19 @@ import jax.numpy as jnp
 
 from nnjax._checks import check_choice, check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.activations import activation_name, get_activation, relu
-from nnjax.backprop.activation import activation_backward, mse_backward, softmax_cross_entropy_backward
+from nnjax.backprop.activation import (
+    activation_backward, mse_backward, sigmoid_binary_cross_entropy_backward, softmax_cross_entropy_backward,
+)
 from nnjax.backprop.dense import dense_backward, dense_batch_backward
 from nnjax.layers.dense import check_dense_stack, dense, dense_batch_mixed
 
-__all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_logits_and_grads", "mlp_grads_mse"]
+__all__ = ["LOSSES", "mlp_backward", "mlp_grads", "mlp_logits_and_grads", "mlp_grads_mse", "mlp_grads_bce"]
 
-LOSSES = {"softmax_cross_entropy": softmax_cross_entropy_backward, "mse": mse_backward}
-"""Output losses with a hand-derived delta^[L] = dL/dz^[L], as functions of (z^[L], y)."""
+LOSSES = {"softmax_cross_entropy": softmax_cross_entropy_backward, "mse": mse_backward,
+          "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy_backward}
+"""The chapter's three output layers and their losses (softmax with cross-entropy, linear with
+MSE, sigmoid with binary cross-entropy), by the name of the loss in `nnjax.losses`; each maps
+(z^[L], y) to the hand-derived delta^[L] = dL/dz^[L]."""
 
 
 def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "softmax_cross_entropy"):
@@ -43,18 +48,21 @@ def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "s
 
     Forward: a^[0] = x, z^[l] = W^[l] a^[l-1] + b^[l], a^[l] = sigma(z^[l]) (l < L).
     Output: delta^[L] = softmax(z^[L]) - y for loss="softmax_cross_entropy" (L =
-    nnjax.losses.softmax_cross_entropy), or 2 (z^[L] - y) for loss="mse" on the linear
-    output (L = nnjax.losses.mse). Backward, for l = L - 1, ..., 1:
+    nnjax.losses.softmax_cross_entropy), 2 (z^[L] - y) for loss="mse" on the linear output
+    (L = nnjax.losses.mse), or sigma(z^[L]) - y for loss="sigmoid_binary_cross_entropy" on
+    sigmoid outputs (L = nnjax.losses.sigmoid_binary_cross_entropy). Backward, for
+    l = L - 1, ..., 1:
     delta^[l] = (W^[l+1])^T delta^[l+1] * sigma'(z^[l]); dW^[l] = delta^[l] (a^[l-1])^T,
     db^[l] = delta^[l].
 
     Args:
       params: list of L dense layers, as `nnjax.network.mlp_init` returns.
       x: one input, shape (n_0,).
-      y: its target, shape (n_L,): one-hot for cross-entropy, any values for "mse".
+      y: its target, shape (n_L,): one-hot for cross-entropy, any values for "mse", values
+        in [0, 1] for binary cross-entropy.
       activation: sigma of the hidden layers, one of nnjax.activations' elementwise functions
         (or its name).
-      loss: "softmax_cross_entropy" or "mse".
+      loss: a key of `LOSSES`: "softmax_cross_entropy", "mse" or "sigmoid_binary_cross_entropy".
 
     Returns:
       (grads, deltas): grads has params' structure ({"W", "b"} per layer); deltas =
@@ -181,3 +189,21 @@ def mlp_grads_mse(params, X, Y, activation: Callable | str = relu, compute_dtype
       grads with params' structure.
     """
     return _batch_grads("mlp_grads_mse", params, X, Y, activation, "mse", compute_dtype)[1]
+
+
+def mlp_grads_bce(params, X, Y, activation: Callable | str = relu, compute_dtype=None):
+    """Gradients of mean(sigmoid_binary_cross_entropy(vmap(mlp_logits)(params, X), Y)) for a
+    binary classifier (sigmoid outputs, one per yes/no label).
+
+    Delta^[L] = (sigma(Z^[L]) - Y) / m, then the same recursion as `mlp_grads`.
+
+    Args:
+      params: list of L dense layers.
+      X: inputs, shape (m, n_0).
+      Y: targets in [0, 1], shape (m, n_L).
+      activation, compute_dtype: as for `mlp_grads`.
+
+    Returns:
+      grads with params' structure.
+    """
+    return _batch_grads("mlp_grads_bce", params, X, Y, activation, "sigmoid_binary_cross_entropy", compute_dtype)[1]

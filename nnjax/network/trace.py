@@ -31,6 +31,7 @@ _LOSS_OUTPUT = {
     # loss -> (output function, delta^[L] = dL/dz^[L] as the chapter writes it, the loss function)
     "softmax_cross_entropy": ("softmax", "softmax(z^[L]) - y", losses.softmax_cross_entropy),
     "mse": ("linear", "2 (z^[L] - y)", losses.mse),
+    "sigmoid_binary_cross_entropy": ("sigmoid", "sigmoid(z^[L]) - y", losses.sigmoid_binary_cross_entropy),
 }
 
 
@@ -241,17 +242,19 @@ def trace_backward(params, x, y, loss: str = "softmax_cross_entropy",
                    activation: Callable | str = relu) -> BackwardTrace:
     """The backward pass of one example: delta^[l] and the weight gradients of every layer.
 
-    delta^[L] = softmax(z^[L]) - y for loss="softmax_cross_entropy" (softmax output) or
-    2 (z^[L] - y) for loss="mse" (linear output); then for l = L - 1, ..., 1
-    delta^[l] = (W^[l+1])^T delta^[l+1] * sigma'(z^[l]), dL/dW^[l] = delta^[l] (a^[l-1])^T,
-    dL/db^[l] = delta^[l]. The gradients equal `jax.grad` of the loss of
-    `mlp_logits(params, x)` (the losses are `nnjax.losses.softmax_cross_entropy` and `mse`).
+    delta^[L] = softmax(z^[L]) - y for loss="softmax_cross_entropy" (softmax output),
+    2 (z^[L] - y) for loss="mse" (linear output) or sigmoid(z^[L]) - y for
+    loss="sigmoid_binary_cross_entropy" (sigmoid output): the chapter's three pairs. Then for
+    l = L - 1, ..., 1 delta^[l] = (W^[l+1])^T delta^[l+1] * sigma'(z^[l]),
+    dL/dW^[l] = delta^[l] (a^[l-1])^T, dL/db^[l] = delta^[l]. The gradients equal `jax.grad` of
+    the loss (the function of that name in `nnjax.losses`) of `mlp_logits(params, x)`.
 
     Args:
       params: list of L dense layers, as `mlp_init` returns.
       x: one input, shape (n_0,).
-      y: its target, shape (n_L,): one-hot for cross-entropy, any values for "mse".
-      loss: "softmax_cross_entropy" or "mse".
+      y: its target, shape (n_L,): one-hot for cross-entropy, any values for "mse", values in
+        [0, 1] for binary cross-entropy.
+      loss: "softmax_cross_entropy", "mse" or "sigmoid_binary_cross_entropy".
       activation: sigma of the hidden layers, one of nnjax.activations' elementwise functions or
         its name (their derivatives are known by hand).
 
