@@ -127,16 +127,18 @@ def check_float_array(fn: str, arg: str, x):
 def check_real_array(fn: str, arg: str, x):
     """Returns `x` as a jnp array of integers or floats; raises TypeError for other dtypes
     (complex, bool)."""
+    def not_real(got: str) -> TypeError:
+        return TypeError(f"{fn}: {arg} must be an array of real numbers (ints or floats), got {got}")
+
+    if isinstance(x, (str, bytes)):
+        raise not_real(repr(x))
     try:
-        if isinstance(x, (str, bytes)):
-            raise TypeError(f"{type(x).__name__} is not a number")
         array = jnp.asarray(x)
     except TypeError as error:
-        raise TypeError(f"{fn}: {arg} must be an array of real numbers (ints or floats), got {x!r}") from error
-    x = array
-    if not (jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating)):
-        raise TypeError(f"{fn}: {arg} must be an array of real numbers (ints or floats), got dtype {x.dtype}")
-    return x
+        raise not_real(repr(x)) from error
+    if not (jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)):
+        raise not_real(f"dtype {array.dtype}")
+    return array
 
 
 def check_float_dtype(fn: str, arg: str, dtype):

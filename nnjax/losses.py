@@ -19,10 +19,11 @@ def _safe_log(p):
     return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
 
 
-def _check_vector_pair(fn: str, arg: str, x, y):
-    """x (floats) and y (real numbers) of one shape (..., K), K >= 1; returns them as arrays."""
+def _check_pair(fn: str, arg: str, x, y, *, summed: bool):
+    """x (floats, the argument named `arg`) and the target y (real numbers) of one shape; with
+    summed=True (a loss that sums over the last axis) of rank >= 1. Returns them as arrays."""
     x, y = check_float_array(fn, arg, x), check_real_array(fn, "y", y)
-    if x.ndim == 0:
+    if summed and x.ndim == 0:
         raise ValueError(f"{fn}: {arg} is a scalar; expected shape (..., K), the last axis summed "
                          f"over (one output: shape (1,))")
     check_same_shape(fn, arg, x, "y", y)
@@ -39,7 +40,7 @@ def mse(y_hat, y):
     Returns:
       Shape (...,): the sum over the last axis. dL/dy_hat = 2 (y_hat - y).
     """
-    y_hat, y = _check_vector_pair("mse", "y_hat", y_hat, y)
+    y_hat, y = _check_pair("mse", "y_hat", y_hat, y, summed=True)
     return jnp.sum((y - y_hat) ** 2, axis=-1)
 
 
@@ -56,8 +57,7 @@ def binary_cross_entropy(p, y):
     Returns:
       Same shape as `p`.
     """
-    p, y = check_float_array("binary_cross_entropy", "p", p), check_real_array("binary_cross_entropy", "y", y)
-    check_same_shape("binary_cross_entropy", "p", p, "y", y)
+    p, y = _check_pair("binary_cross_entropy", "p", p, y, summed=False)
     return -(y * _safe_log(p) + (1 - y) * _safe_log(1 - p))
 
 
@@ -70,8 +70,7 @@ def binary_cross_entropy_with_logits(z, y):
     Returns:
       Same shape as `z`.
     """
-    z, y = check_float_array("binary_cross_entropy_with_logits", "z", z), check_real_array("binary_cross_entropy_with_logits", "y", y)
-    check_same_shape("binary_cross_entropy_with_logits", "z", z, "y", y)
+    z, y = _check_pair("binary_cross_entropy_with_logits", "z", z, y, summed=False)
     return softplus(z) - y * z
 
 
@@ -91,7 +90,7 @@ def sigmoid_binary_cross_entropy(logits, y):
     Returns:
       Shape (...,).
     """
-    logits, y = _check_vector_pair("sigmoid_binary_cross_entropy", "logits", logits, y)
+    logits, y = _check_pair("sigmoid_binary_cross_entropy", "logits", logits, y, summed=True)
     return jnp.sum(softplus(logits) - y * logits, axis=-1)
 
 
@@ -108,7 +107,7 @@ def cross_entropy(p, y):
     Returns:
       Shape (...,).
     """
-    p, y = _check_vector_pair("cross_entropy", "p", p, y)
+    p, y = _check_pair("cross_entropy", "p", p, y, summed=True)
     return -jnp.sum(y * _safe_log(p), axis=-1)
 
 
@@ -126,5 +125,5 @@ def softmax_cross_entropy(logits, y):
     Returns:
       Shape (...,).
     """
-    logits, y = _check_vector_pair("softmax_cross_entropy", "logits", logits, y)
+    logits, y = _check_pair("softmax_cross_entropy", "logits", logits, y, summed=True)
     return -jnp.sum(jnp.where(y == 0, 0, y * log_softmax(logits)), axis=-1)

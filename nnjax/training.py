@@ -382,7 +382,7 @@ class TrainConfig:
         check_choice("TrainConfig", "compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         for name in ("lr", "warmup_epochs", "weight_decay", "label_smoothing"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise TypeError(f"TrainConfig: {name}={value!r} must be a number")
             if not math.isfinite(value):
                 raise ValueError(f"TrainConfig: {name}={value!r} must be finite")

@@ -70,7 +70,8 @@ def dense_batch_backward(params, A, Delta, compute_dtype=None):
       ({"W": Delta^T A of shape (n_out, n_in), "b": shape (n_out,)}, Delta W of shape (m, n_in)).
     """
     n_out, n_in = check_dense_params("dense_batch_backward", params)
-    A, Delta = check_real_array("dense_batch_backward", "A", A), check_real_array("dense_batch_backward", "Delta", Delta)
+    fn = "dense_batch_backward"
+    A, Delta = check_real_array(fn, "A", A), check_real_array(fn, "Delta", Delta)
     check_rank("dense_batch_backward", "A", A, 2, "(m, n_in): one example per row")
     check_shape("dense_batch_backward", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
     check_shape("dense_batch_backward", "Delta", Delta, (A.shape[0], n_out),

@@ -13,13 +13,13 @@ reaches are dropped). The common 2x2 window with stride 2 halves each spatial di
 Both are computed over the kh*kw shifted views x[:, m::sh, n::sw] (`window_views`): an
 elementwise selection (of each window's first maximum) or sum of strided slices. That form was
 chosen by measurement (2-core CPU, jax 0.10.2) because its autodiff compiles well: `jax.grad`
-of it is a chain of selects, where
-`lax.reduce_window` differentiates into XLA's select-and-scatter. A CNN train step at batch
-128 (conv 1->32, pool, conv 32->64, pool, two dense layers) took 151 ms of CPU time with this
-max_pool2d against 194 ms with `lax.reduce_window`; a reshape to (C, H', kh, W', kw) with a
-max over the window axes was slower than both, forward and backward. As a forward alone,
-under a hand-derived backward, that reshape is the faster one (`max_pool2d_blocks`, the
-forward of `nnjax.backprop.max_pool2d_fast`).
+of it is a chain of selects, where `lax.reduce_window` differentiates into XLA's
+select-and-scatter. A CNN train step at batch 128 (conv 1->32, pool, conv 32->64, pool, two
+dense layers) took 151 ms of CPU time with the views (then a chain of `jnp.maximum`s) against
+194 ms with `lax.reduce_window`; a reshape to (C, H', kh, W', kw) with a max over the window
+axes was slower than both, forward and backward. As a forward alone, under a hand-derived
+backward, that reshape is the faster one (`max_pool2d_blocks`, the forward of
+`nnjax.backprop.max_pool2d_fast`).
 """
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def first_max_index(views, nan_wins: bool = False):
     """Which view holds each position's maximum: t for views[t], the FIRST one on a tie (the
     strict > keeps the earlier view), int32 of the views' shape.
 
-    With nan_wins=True a NaN counts as the maximum (the first NaN wins), so that a pooled value
-    is NaN wherever its window holds one, as with `jnp.maximum`.
+    With nan_wins=True a NaN counts as the maximum, so that a pooled value is NaN wherever its
+    window holds one, as with `jnp.maximum`.
     """
     best, index = views[0], jnp.zeros(views[0].shape, jnp.int32)
     for t, view in enumerate(views[1:], 1):
