@@ -143,7 +143,7 @@ def conv_padding(in_hw, kernel_size, stride, padding, fn: str = "conv_padding") 
     return (ph, ph), (pw, pw)
 
 
-def conv2d_init(key, c_in, c_out, kernel_size, init="he", dtype=jnp.float32) -> dict:
+def conv2d_init(key, c_in, c_out, kernel_size, init="he", dtype=None) -> dict:
     """Kernels and biases of a conv layer.
 
     Args:
@@ -153,7 +153,7 @@ def conv2d_init(key, c_in, c_out, kernel_size, init="he", dtype=jnp.float32) -> 
       kernel_size: int k or pair (kh, kw).
       init: "he" | "xavier" | "lecun" | "zeros", as `dense_init`, with fan_in = C_in*kh*kw
         and fan_out = C_out*kh*kw.
-      dtype: floating dtype of W and b.
+      dtype: floating dtype of W and b, as `dense_init`'s.
 
     Returns:
       {"W": (C_out, C_in, kh, kw), "b": (C_out,) zeros}; c_out*c_in*kh*kw + c_out parameters.

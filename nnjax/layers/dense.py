@@ -44,7 +44,7 @@ def init_variance(init: str, fan_in: int, fan_out: int, fn: str = "init_variance
     return {"he": 2 / fan_in, "xavier": 2 / (fan_in + fan_out), "lecun": 1 / fan_in, "zeros": 0.0}[init]
 
 
-def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=jnp.float32,
+def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=None,
                  fn: str = "init_weights"):
     """Draws a weight tensor from N(0, init_variance(init, fan_in, fan_out)).
 
@@ -57,7 +57,8 @@ def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=
       shape: the weight tensor's shape.
       fan_in, fan_out: positive ints, as above.
       init: one of "he", "xavier", "lecun", "zeros".
-      dtype: floating dtype of the result.
+      dtype: floating dtype of the result; None is JAX's default float (float32, or float64
+        under `jax.enable_x64(True)`).
       fn: the public function to name in error messages (e.g. "conv2d_init").
 
     Returns:
@@ -69,13 +70,13 @@ def init_weights(key, shape, fan_in: int, fan_out: int, init: str = "he", dtype=
     """
     variance = init_variance(init, fan_in, fan_out, fn)
     check_key(fn, key)
-    dtype = check_float_dtype(fn, "dtype", dtype)
+    dtype = jnp.result_type(float) if dtype is None else check_float_dtype(fn, "dtype", dtype)
     if init == "zeros":
         return jnp.zeros(shape, dtype)
     return math.sqrt(variance) * jax.random.normal(key, shape, dtype)
 
 
-def dense_init(key, n_in: int, n_out: int, init: str = "he", dtype=jnp.float32):
+def dense_init(key, n_in: int, n_out: int, init: str = "he", dtype=None):
     """Parameters of a dense layer: W ~ N(0, variance) of shape (n_out, n_in), b = 0.
 
     `init` picks the variance: "he" 2 / n_in, "xavier" 2 / (n_in + n_out), "lecun" 1 / n_in,
@@ -88,7 +89,8 @@ def dense_init(key, n_in: int, n_out: int, init: str = "he", dtype=jnp.float32):
       n_in: number of inputs (positive int).
       n_out: number of outputs (positive int).
       init: one of "he", "xavier", "lecun", "zeros".
-      dtype: floating dtype of W and b.
+      dtype: floating dtype of W and b; None (the default) is JAX's default float: float32,
+        or float64 under `jax.enable_x64(True)`.
 
     Returns:
       {"W": (n_out, n_in), "b": (n_out,)}.

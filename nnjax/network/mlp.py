@@ -65,14 +65,15 @@ def _logits(fn: str, params, x, activation):
     return dense(params[-1], a)
 
 
-def mlp_init(key, sizes, init: str = "he", dtype=jnp.float32):
+def mlp_init(key, sizes, init: str = "he", dtype=None):
     """Parameters of an MLP with layer sizes [n_0, ..., n_L], e.g. the chapter's [784, 128, 64, 10].
 
     Args:
       key: a jax.random key, split into one key per layer.
       sizes: [n_0, ..., n_L], at least 2 positive ints (n_0 inputs, n_L outputs).
       init: one of "he", "xavier", "lecun", "zeros" (see `nnjax.layers.dense_init`).
-      dtype: floating dtype of the params.
+      dtype: floating dtype of the params; None (the default) is JAX's default float:
+        float32, or float64 under `jax.enable_x64(True)`.
 
     Returns:
       A list of L dicts; params[l - 1] = {"W": (n_l, n_(l-1)), "b": (n_l,)} = layer l.
