@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -1305,7 +1306,8 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
       splits: the data (`load_splits`).
       config: the run's settings; ``config.n_train`` must equal the training set's size.
       out_dir: folder for ``checkpoint.npz`` (each epoch), ``metrics.jsonl``,
-        ``results.json`` and ``curves.png``; None writes nothing (and cannot resume).
+        ``results.json`` and ``curves.png`` (where matplotlib is installed); None writes
+        nothing (and cannot resume).
       resume: continue from ``out_dir``'s checkpoint, which must come from the same config.
       stop_after_epoch: stop after this epoch's checkpoint, as if the run were killed
         (returns the partial results, writes no results.json); resume later.
@@ -1417,6 +1419,9 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     if out_dir:
         _write_atomically(os.path.join(out_dir, RESULTS_FILE),
                           lambda f: f.write(json.dumps(results, indent=2).encode()))
-        plot_curves(history, os.path.join(out_dir, CURVES_FILE),
-                    f"{config.model.get('model', '')}: test accuracy {100 * test_accuracy:.2f}%")
+        if importlib.util.find_spec("matplotlib") is None:
+            log(f"no {CURVES_FILE}: matplotlib is not installed (pip install 'nnjax[viz]')")
+        else:
+            plot_curves(history, os.path.join(out_dir, CURVES_FILE),
+                        f"{config.model.get('model', '')}: test accuracy {100 * test_accuracy:.2f}%")
     return results

@@ -308,6 +308,8 @@ def test_batch_norm_train_outside_vmap_explains_the_fix():
         batch_norm(params, state, jnp.ones(3), train=True)
     with pytest.raises(NameError, match="pass train=False"):
         batch_norm(params, state, jnp.ones(3), train=True)
+    with pytest.raises(ValueError, match="pass train=False"):  # the API's errors are ValueError or TypeError
+        batch_norm(params, state, jnp.ones(3), train=True)
     with pytest.raises(NameError, match=r"batch_norm_backward: .*with that axis name\)$"):
         batch_norm_backward(params, jnp.ones(3), jnp.ones(3))  # no train=False to point to
 

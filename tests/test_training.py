@@ -243,6 +243,22 @@ def test_resume_from_a_damaged_checkpoint_is_refused(small_splits, reference, tm
         run(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True)
 
 
+def test_without_matplotlib_a_run_finishes_and_says_why_there_is_no_curves_png(small_splits, reference, tmp_path,
+                                                                               monkeypatch):
+    """matplotlib is the optional `viz` extra: training must not need it."""
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    (out / training.CURVES_FILE).unlink()
+    real_find_spec = training.importlib.util.find_spec
+    monkeypatch.setattr(training.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "matplotlib" else real_find_spec(name, *args))
+    lines = []
+    training.train(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True,
+                   progress=False, log=lines.append)
+    assert f"no {training.CURVES_FILE}: matplotlib is not installed (pip install 'nnjax[viz]')" in lines
+    assert not (out / training.CURVES_FILE).exists() and (out / training.RESULTS_FILE).exists()
+
+
 def test_resume_rewrites_the_metrics_a_kill_left_behind_the_checkpoint(small_splits, reference, tmp_path):
     """Killed between the last epoch's checkpoint and its metrics.jsonl: resuming runs no epoch
     but writes every epoch's metrics from the checkpoint's history."""

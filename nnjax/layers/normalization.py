@@ -35,7 +35,7 @@ from nnjax.layers.layout import channel_axis, check_layout
 
 __all__ = [
     "batch_norm_init", "batch_norm", "layer_norm_init", "layer_norm",
-    "instance_norm_init", "instance_norm", "group_norm_init", "group_norm",
+    "instance_norm_init", "instance_norm", "group_norm_init", "group_norm", "UnboundAxisError",
 ]
 
 
@@ -103,6 +103,12 @@ def _standardize(x, axes, axis_name, eps):
     return (x - mu) * jax.lax.rsqrt(var + eps), mu, var
 
 
+class UnboundAxisError(NameError, ValueError):
+    """Batch statistics asked for outside the `vmap`/`pmap`/`shard_map` that names their axis.
+    A `NameError` (what JAX raises for an unbound axis name) and a `ValueError` (a bad
+    setting, as the API's errors are)."""
+
+
 def _values_per_feature(fn: str, axis_name, x, features: int) -> int:
     """m, the values per feature the batch statistics average over (examples along the named
     axis times each example's pixels); a clear error outside vmap/pmap/shard_map, or for m < 2."""
@@ -110,7 +116,7 @@ def _values_per_feature(fn: str, axis_name, x, features: int) -> int:
         examples = math.prod(jax.lax.psum(1, name) for name in _axis_names(axis_name))
     except NameError as err:
         forward_only = "" if fn.endswith("_backward") else ", or pass train=False to use the running statistics"
-        raise NameError(
+        raise UnboundAxisError(
             f"{fn}: batch statistics need the batch axis {axis_name!r} but it is not bound: batch "
             f"norm maps one example and reads the batch statistics across that axis. Wrap the call "
             f"in jax.vmap(..., axis_name={axis_name!r}) (or pmap/shard_map with that axis name){forward_only}"
