@@ -99,8 +99,10 @@ def build_parser(name: str, description: str, defaults: dict) -> argparse.Argume
                      help="optax optimizer (sgd uses Nesterov momentum 0.9)")
     opt.add_argument("--schedule", choices=training.SCHEDULES, default=defaults["schedule"],
                      help="learning-rate schedule: warm-up then cosine decay, one-cycle, constant")
-    opt.add_argument("--warmup-epochs", type=non_negative_float, default=defaults["warmup_epochs"],
-                     help="linear warm-up of the cosine schedule, in epochs")
+    opt.add_argument("--warmup-epochs", type=non_negative_float, default=argparse.SUPPRESS,
+                     help=f"linear warm-up of the cosine schedule, in epochs (default: "
+                          f"{defaults['warmup_epochs']:g}, at most half the epochs)")
+    parser.set_defaults(default_warmup_epochs=defaults["warmup_epochs"])
     opt.add_argument("--weight-decay", type=non_negative_float, default=defaults["weight_decay"],
                      help="decoupled weight decay (adamw only)")
     opt.add_argument("--label-smoothing", type=non_negative_float,
@@ -131,7 +133,8 @@ def config_from_args(args: argparse.Namespace, model: training.Model,
     config = training.TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         grads=args.grads, epoch_mode=args.epoch_mode, optimizer=args.optimizer,
-        schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        schedule=args.schedule,
+        warmup_epochs=getattr(args, "warmup_epochs", min(args.default_warmup_epochs, args.epochs / 2)),
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         compute_dtype=args.compute_dtype, eval_batch_size=args.eval_batch_size, devices=args.devices, model=model.describe,
         n_train=n_train)
@@ -147,7 +150,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
     """
     training.use_host_cores()
     training.reuse_freed_memory()
-    training.use_compile_cache(args.compile_cache)
+    try:
+        training.use_compile_cache(args.compile_cache)
+    except ValueError as error:
+        parser.error(f"--compile-cache: {error}")
     try:
         splits = training.load_splits(args.limit_train, args.val)
     except DataError as error:
@@ -157,6 +163,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, model: traini
         parser.error(str(error))
     try:
         config = config_from_args(args, model, len(splits.train_labels))
+        training.resolve_devices(config.devices, model.kind, config.batch_size, config.eval_batch_size)
     except (ValueError, TypeError) as error:
         parser.error(str(error))
     check_grads = getattr(args, "gradcheck", args.grads == "manual")

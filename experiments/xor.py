@@ -51,7 +51,7 @@ def fit_mlp(key, hidden: int, steps: int, lr: float, grads: str, activation: str
       activation: hidden activation name.
 
     Returns:
-      (params, losses (steps,)).
+      (params, losses (steps + 1,)): the loss before each step, then after the last.
     """
     sigma = get_activation(activation)[0]
     X, Y = jnp.asarray(XOR_INPUTS), jnp.asarray(XOR_TARGETS)[:, None]
@@ -68,8 +68,11 @@ def fit_mlp(key, hidden: int, steps: int, lr: float, grads: str, activation: str
         updates, state = optimizer.update(gradient(p), state, p)
         return (optax.apply_updates(p, updates), state), loss(p)
 
-    (params, _), losses = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))(
-        (params, optimizer.init(params)))
+    def fit(carry):
+        (p, _), before = jax.lax.scan(step, carry, None, length=steps)
+        return p, jnp.append(before, loss(p))
+
+    params, losses = jax.jit(fit)((params, optimizer.init(params)))
     return params, np.asarray(losses)
 
 

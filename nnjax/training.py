@@ -517,11 +517,17 @@ def use_compile_cache(folder: str | None = None) -> str | None:
 
     Returns:
       The folder in use, or None when off.
+
+    Raises:
+      ValueError: `folder` exists and is not a directory.
     """
     folder = (folder or os.environ.get(COMPILE_CACHE_ENV) or jax.config.jax_compilation_cache_dir
               or str(Path.home() / ".cache" / "nnjax" / "xla"))
     if folder == "off":
         return None
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"use_compile_cache: {folder} exists and is not a folder; give a folder for "
+                         f"the compiled programs (or 'off')")
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILE_CACHE_MIN_SECONDS)
     return folder
@@ -632,10 +638,12 @@ def resolve_devices(requested: int | str, model_kind: str, batch_size: int,
         wanted = available if smallest_split is not None and batch_size >= smallest_split else 1
         return max(n for n in range(1, wanted + 1) if batch_size % n == 0 and eval_batch_size % n == 0)
     if requested > available:
-        raise ValueError(f"train: devices={requested} but the {backend} backend "
-                         f"has {available} usable; on a CPU call nnjax.training.use_host_cores() before JAX "
-                         f"starts (at most one device per core: each device's share needs its own thread "
-                         f"to meet the others in the cross-device reduction)")
+        cores = os.cpu_count() or 1
+        hint = (f"; call nnjax.training.use_host_cores() before JAX starts to get one per core ({cores})"
+                if backend == "cpu" and available < cores else
+                " (on a CPU at most one device per core: each device's share needs its own thread to "
+                "meet the others in the cross-device reduction)")
+        raise ValueError(f"train: devices={requested} but the {backend} backend has {available} usable{hint}")
     if batch_size % requested or eval_batch_size % requested:
         raise ValueError(f"train: devices={requested} must divide batch_size={batch_size} and "
                          f"eval_batch_size={eval_batch_size} (each device takes an equal share)")
@@ -1318,8 +1326,9 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
 
     Returns:
       The results dict (also ``results.json``): test accuracy and loss, ``history`` (one
-      record per epoch), times (training without compilation, compilation, evaluation),
-      samples/s, device, backend, epoch mode, number of devices, config and versions.
+      record per epoch), times (training without compilation and evaluation, summed over the
+      epochs, a resumed run's earlier ones included; compilation, this process's), samples/s,
+      device, backend, epoch mode, number of devices, config and versions.
 
     Raises:
       ValueError: a bad setting (naming it); `ResumeError` when resuming is impossible.
@@ -1353,7 +1362,6 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
     config_dict = dataclasses.asdict(config)
     params, opt_state, model_state, history = run.params, run.opt_state, run.model_state, run.history
     samples = config.steps_per_epoch * config.batch_size
-    eval_time = 0.0
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         batches = compiled.batches(jax.random.fold_in(run.shuffle_key, epoch - 1))
@@ -1368,7 +1376,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         start = time.perf_counter()
         eval_loss, eval_accuracy = evaluate(compiled.evaluate, params, model_state, eval_set,
                                             config.eval_batch_size)
-        eval_time += time.perf_counter() - start
+        eval_seconds = time.perf_counter() - start
         history.append({
             "epoch": epoch,
             "train_loss": train_loss,
@@ -1377,6 +1385,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
             f"{splits.eval_name}_accuracy": eval_accuracy,
             "train_time_s": train_seconds,
             "samples_per_s": samples / train_seconds,
+            "eval_time_s": eval_seconds,
         })
         log(f"epoch {epoch:3d}/{config.epochs}  train loss {history[-1]['train_loss']:.4f} "
             f"acc {100 * history[-1]['train_accuracy']:.2f}%  {splits.eval_name} loss "
@@ -1391,12 +1400,14 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
             log(f"stopped after epoch {epoch} as asked; continue with --resume")
             return {"stopped_after_epoch": epoch, "history": history, "config": config_dict}
 
+    start = time.perf_counter()
     if splits.eval_name == "test":
         test_loss, test_accuracy = history[-1]["test_loss"], history[-1]["test_accuracy"]
     else:
         test_set = _eval_set(splits.test_images, splits.test_labels, config.eval_batch_size, devices)
         test_loss, test_accuracy = evaluate(compiled.evaluate, params, model_state, test_set,
                                             config.eval_batch_size)
+    eval_time = time.perf_counter() - start + sum(r.get("eval_time_s", 0.0) for r in history)
     train_time = sum(r["train_time_s"] for r in history)
     results = {
         "test_accuracy": test_accuracy,

@@ -60,7 +60,10 @@ RUNNING = "running"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The module docstring as written, and each option's default."""
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     parser.add_argument("--data", choices=("real", "synthetic"), default=None,
                         help="real MNIST (prepared by `python -m nnjax.data prepare`) or random data "
                              "of the same shape; default: real if prepared, else synthetic")
@@ -90,12 +93,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: 2048 on a CPU, 8192 on a GPU, large enough to fill each)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the table: per-XLA-op times of nnjax's train step (autodiff and "
-                             "hand-derived) for each model and batch size, from a jax.profiler trace")
+                             "hand-derived) for each model and batch size, from a jax.profiler trace, "
+                             "written to --out (default then profile.json); it takes --models, "
+                             "--batch-sizes and --compute-dtype only")
     parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
                         help="reuse: every row (PyTorch's child processes too) runs with glibc's malloc "
                              "keeping freed memory (nnjax.training.reuse_freed_memory), as nnjax's "
                              "experiments do; default: glibc's defaults")
-    parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    parser.add_argument("--out", default=None, help="where to write the JSON results (default: bench.json, "
+                                                     "with --profile profile.json)")
     parser.add_argument("--markdown", default=None, help="also write the tables as Markdown to this file")
     args = parser.parse_args(argv)
     args.models = _split_choices(parser, "--models", args.models, common.MODELS)
@@ -105,10 +111,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     except ValueError:
         parser.error(f"--batch-sizes={args.batch_sizes!r}: expected comma-separated integers")
-    if min(args.batch_sizes) < 2 or (args.steps is not None and args.steps < 1) or args.repeats < 1 \
-            or args.compile_workers < 1:
-        parser.error("--batch-sizes must be >= 2 (batch norm needs two examples); --steps, --repeats and "
-                     "--compile-workers >= 1")
+    if min(args.batch_sizes) < 2:
+        parser.error(f"--batch-sizes={','.join(map(str, args.batch_sizes))}: each must be >= 2 (batch norm "
+                     f"needs two examples)")
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats), ("--compile-workers",
+                                                                               args.compile_workers)):
+        if value is not None and value < 1:
+            parser.error(f"{flag}={value}: must be >= 1")
+    if args.profile:
+        ignored = [flag for flag, value, default in (
+            ("--steps", args.steps, None), ("--repeats", args.repeats, 3), ("--markdown", args.markdown, None),
+            ("--frameworks", args.frameworks, list(FRAMEWORKS)), ("--modes", args.modes, list(MODES)))
+            if value != default]
+        if ignored:
+            parser.error(f"--profile times nnjax's step alone; it takes no {', '.join(ignored)}")
+    args.out = args.out or ("profile.json" if args.profile else "bench.json")
     return args
 
 
@@ -116,7 +133,8 @@ def _split_choices(parser, flag: str, value: str, allowed) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in allowed]
     if unknown or not names:
-        parser.error(f"{flag}={value!r}: unknown {unknown}; allowed: {', '.join(allowed)}")
+        problem = f"unknown {unknown}" if unknown else "no names given"
+        parser.error(f"{flag}={value!r}: {problem}; allowed: {', '.join(allowed)}")
     return names
 
 

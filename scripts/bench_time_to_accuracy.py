@@ -74,6 +74,8 @@ def default_settings(backend: str) -> dict:
 
 
 EVAL_BATCH = 1000
+N_TRAIN = 60_000
+"""MNIST's training images (the synthetic data has as many)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,14 +103,38 @@ def parse_args(argv=None) -> argparse.Namespace:
         if model not in SETTINGS or name not in SETTINGS[model] or not value:
             parser.error(f"--set {override!r}: expected MODEL.KEY=VALUE with MODEL in {list(SETTINGS)} "
                          f"and KEY in {list(SETTINGS['mlp'])}")
-        args.settings[model][name] = type(SETTINGS[model][name])(value)
+        kind = type(SETTINGS[model][name])
+        try:
+            args.settings[model][name] = kind(value)
+        except ValueError:
+            parser.error(f"--set {override!r}: {name} takes a {kind.__name__}, got {value!r}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in SETTINGS]
     if unknown or not args.models:
         parser.error(f"--models: unknown {unknown}; allowed: mlp, cnn")
-    if args.seeds < 1 or (args.steps is not None and args.steps < 1) or (args.eval_every or 1) < 1:
-        parser.error("--seeds, --steps and --eval-every must be >= 1")
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--eval-every", args.eval_every),
+                        *((f"--set {m}.eval_every", args.settings[m]["eval_every"]) for m in args.models)):
+        if value is not None and value < 1:
+            parser.error(f"{flag}={value}: must be >= 1")
+    for model_name in args.models:
+        try:
+            train_config(model_name, args.settings[model_name], args, N_TRAIN)
+        except (ValueError, TypeError) as error:
+            parser.error(f"{model_name} settings: {error}")
     return args
+
+
+def train_config(model_name: str, settings: dict, args, n_train: int):
+    """(the `Model`, its checked `TrainConfig`) from a model's `settings` and the flags."""
+    model = training.mlp_model() if model_name == "mlp" else training.cnn_model()
+    config = training.TrainConfig(
+        epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
+        grads=args.grads, epoch_mode=args.epoch_mode, optimizer=settings["optimizer"],
+        schedule=settings["schedule"], warmup_epochs=settings["warmup_epochs"],
+        weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"],
+        compute_dtype=settings["compute_dtype"], model=model.describe, n_train=n_train)
+    config.validate()
+    return model, config
 
 
 def load_data(kind: str):
@@ -124,7 +150,7 @@ def load_data(kind: str):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(70_000, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=70_000).astype(np.int32)
-    return images[:60_000], labels[:60_000], images[60_000:], labels[60_000:]
+    return images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
 
 
 class TrainingData(NamedTuple):
@@ -137,14 +163,7 @@ def seed_runner(model_name: str, data, settings: dict, args):
     """Compiles one model's training chunk and evaluation once (the seed changes values, not
     shapes); returns ``(run, compile_s)`` with ``run(seed) -> dict`` one timed training run."""
     train_images, train_labels, test_images, test_labels = data
-    model = training.mlp_model() if model_name == "mlp" else training.cnn_model()
-    config = training.TrainConfig(
-        epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
-        grads=args.grads, epoch_mode=args.epoch_mode, optimizer=settings["optimizer"],
-        schedule=settings["schedule"], warmup_epochs=settings["warmup_epochs"],
-        weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"],
-        compute_dtype=settings["compute_dtype"], model=model.describe, n_train=len(train_labels))
-    config.validate()
+    model, config = train_config(model_name, settings, args, len(train_labels))
     mode = training.resolve_epoch_mode(config.epoch_mode, model.kind)
     total_steps = config.epochs * config.steps_per_epoch
     if args.steps is not None:

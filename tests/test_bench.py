@@ -124,6 +124,20 @@ def test_missing_peer_is_reported_skipped_not_installed(bench_module, monkeypatc
     assert rows == [{"name": "Flax NNX", "family": "peer", "status": "skipped (not installed: flax)"}]
 
 
+def test_arguments_each_name_their_problem_and_the_profile_keeps_its_own_file(bench_module, capsys):
+    assert bench_module.parse_args([]).out == "bench.json"
+    assert bench_module.parse_args(["--profile"]).out == "profile.json"  # never the table's results
+    assert bench_module.parse_args(["--profile", "--out", "p.json"]).out == "p.json"
+    for argv, message in ((["--repeats", "0"], "--repeats=0: must be >= 1"),
+                          (["--batch-sizes", "1,128"], "--batch-sizes=1,128: each must be >= 2"),
+                          (["--frameworks", ","], "--frameworks=',': no names given"),
+                          (["--profile", "--steps", "5", "--markdown", "t.md"],
+                           "--profile times nnjax's step alone; it takes no --steps, --markdown")):
+        with pytest.raises(SystemExit):
+            bench_module.parse_args(argv)
+        assert message in capsys.readouterr().err, argv
+
+
 def test_timed_epochs_are_interleaved_across_rows_in_rotating_order(bench_module, monkeypatch):
     from bench_peers import common
 
@@ -245,6 +259,22 @@ def test_time_to_accuracy_settings_per_backend():
     gpu = tta.default_settings("gpu")
     for model, changes in tta.GPU_SETTINGS.items():
         assert gpu[model] == {**tta.SETTINGS[model], **changes} and set(changes) <= set(tta.SETTINGS[model])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "mlp.lr=abc"], "--set 'mlp.lr=abc': lr takes a float, got 'abc'"),
+    (["--set", "mlp.optimizer=foo"], "mlp settings: TrainConfig: optimizer='foo' is not allowed"),
+    (["--set", "cnn.batch_size=0"], "cnn settings: TrainConfig: batch_size must be a positive int"),
+    (["--eval-every", "0"], "--eval-every=0: must be >= 1"),
+    (["--set", "mlp.eval_every=0"], "--set mlp.eval_every=0: must be >= 1"),
+])
+def test_time_to_accuracy_bad_settings_end_with_one_line(argv, message, capsys):
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_time_to_accuracy as tta
+
+    with pytest.raises(SystemExit) as exit_info:
+        tta.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bench_rejects_unknown_framework(tmp_path):

@@ -29,7 +29,7 @@ def test_resolve_devices_follows_the_measured_table_and_the_batch():
     assert training.resolve_devices("auto", "mlp", 1024, 1000, "cpu") == 1
     assert training.resolve_devices("auto", "cnn", 1025, 1000, "cpu") == 1  # 2 does not divide 1025
     assert training.resolve_devices(2, "mlp", 128, 1000, "cpu") == 2
-    with pytest.raises(ValueError, match=r"devices=3 but the cpu backend has 2 usable; .*use_host_cores"):
+    with pytest.raises(ValueError, match=r"devices=3 but the cpu backend has 2 usable \(on a CPU at most one device per core"):
         training.resolve_devices(3, "cnn", 128, 1000, "cpu")
     with pytest.raises(ValueError, match=r"devices=2 must divide batch_size=33"):
         training.resolve_devices(2, "cnn", 33, 1000, "cpu")
@@ -38,7 +38,17 @@ def test_resolve_devices_follows_the_measured_table_and_the_batch():
 def test_no_more_cpu_devices_than_cores(monkeypatch):
     monkeypatch.setattr(training.os, "cpu_count", lambda: 1)
     assert training.resolve_devices("auto", "cnn", 1024, 1000, "cpu") == 1
-    with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable; .*one device per core"):
+    with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable \(on a CPU at most one device per core"):
+        training.resolve_devices(2, "cnn", 128, 1000, "cpu")
+
+
+def test_fewer_cpu_devices_than_cores_point_to_use_host_cores(monkeypatch):
+    """JAX started without `use_host_cores`: one CPU device on a machine with more cores."""
+    one_device = jax.devices("cpu")[:1]
+    monkeypatch.setattr(training.jax, "devices", lambda backend=None: one_device)
+    monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable; call "
+                                         r"nnjax.training.use_host_cores\(\) before JAX starts to get one per core \(2\)"):
         training.resolve_devices(2, "cnn", 128, 1000, "cpu")
 
 

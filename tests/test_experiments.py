@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+
+from nnjax import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -19,6 +22,7 @@ mnist_mlp = importlib.import_module("mnist_mlp")
 mnist_cnn = importlib.import_module("mnist_cnn")
 xor = importlib.import_module("xor")
 gradient_flow = importlib.import_module("gradient_flow")
+_common = importlib.import_module("_common")
 
 METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -108,12 +112,23 @@ def test_stop_after_epoch_then_resume_through_the_command_line(tmp_path, capsys)
     (["--limit-train", "100"], "batch_size=128 is larger than the 100 training examples"),
     (["--epochs", "1", "--warmup-epochs", "1"], "warmup_epochs=1.0 must be in [0, epochs=1)"),
     (["--val", "60000"], "val=60000 must be an int in [0, 60000)"),
+    (["--devices", "999"], "train: devices=999 but the cpu backend has"),
+    (["--compile-cache", __file__], "--compile-cache: use_compile_cache: " + __file__ + " exists and is not a folder"),
+    (["--devices", "2", "--batch-size", "65"], "train: devices=2 must divide batch_size=65"),
 ])
 def test_bad_flags_end_with_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         mnist_mlp.main(argv + ["--no-progress"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_default_warm_up_fits_a_short_run():
+    """The MLP's default warm-up (1 epoch) is capped at half the run, so --epochs 1 works."""
+    parser = _common.build_parser("mnist_mlp", "", mnist_mlp.DEFAULTS)
+    short = _common.config_from_args(parser.parse_args(["--epochs", "1"]), training.mlp_model(), 60000)
+    default = _common.config_from_args(parser.parse_args([]), training.mlp_model(), 60000)
+    assert (short.warmup_epochs, default.warmup_epochs) == (0.5, mnist_mlp.DEFAULTS["warmup_epochs"])
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -142,6 +157,15 @@ def test_xor_perceptron_never_fits_and_the_mlp_does(grads, tmp_path, capsys):
     assert "never 0" in text and "classifies 4/4" in text
     with open(tmp_path / "xor_boundary.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_xor_final_loss_is_that_of_the_returned_mlp():
+    """One step: the loss before it and the loss of the parameters returned (not before the
+    last update)."""
+    params, losses = xor.fit_mlp(jax.random.key(0), 4, 1, 0.05, "autodiff")
+    assert losses.shape == (2,) and losses[1] < losses[0]
+    outputs = xor.mlp_outputs(params, xor.XOR_INPUTS)
+    np.testing.assert_allclose(losses[-1], np.mean((outputs - xor.XOR_TARGETS) ** 2), rtol=1e-5)
 
 
 def test_gradient_flow_shows_vanishing_and_exploding_gradients(tmp_path, capsys):

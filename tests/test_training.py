@@ -84,6 +84,9 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(small_splits
     resumed = run(model, small_splits, config, out_dir=out, resume=True)
     assert metrics(resumed) == metrics(whole)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
+    # times cover every epoch, the killed process's too: each epoch records its evaluation
+    assert all(r["eval_time_s"] > 0 for r in resumed["history"])
+    assert resumed["eval_time_s"] >= sum(r["eval_time_s"] for r in resumed["history"])
     with open(os.path.join(out, training.RESULTS_FILE)) as f:
         assert json.load(f)["test_accuracy"] == whole["test_accuracy"]
 
