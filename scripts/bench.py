@@ -59,11 +59,12 @@ RUNNING = "running"
 """The status of a row still being measured."""
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        """The module docstring as written, and each option's default."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the module docstring as written, and each option's default."""
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--data", choices=("real", "synthetic"), default=None,
                         help="real MNIST (prepared by `python -m nnjax.data prepare`) or random data "
                              "of the same shape; default: real if prepared, else synthetic")
