@@ -5,8 +5,9 @@ XLA compiles them: the forward Z = X W^T and the weight gradient dW = Delta^T X,
 transposed operand left to the product (as written) and written out as its own array
 (`nnjax.layers.dense.written_transpose`, what nnjax's mixed precision does), each in float32
 and with bfloat16 operands summed in float32. On a CPU with AMX or AVX512-BF16 the written-out
-bfloat16 products run several times faster than float32 ones; without those instructions
-they run slower, and ``compute_dtype="bfloat16"`` does not pay there.
+bfloat16 products run faster than float32 ones; without those instructions they run slower,
+and ``compute_dtype="bfloat16"`` does not pay there. The last lines answer the question: per
+batch size and product, the fastest bfloat16 form against the fastest float32 one.
 
     python scripts/bench_products.py                      # batch 128 and 1024
     python scripts/bench_products.py --batch-sizes 512 --calls 50
@@ -84,6 +85,23 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def verdict(rows: list[dict]) -> str:
+    """Per batch size, the forward's and the weight gradient's fastest bfloat16 form against
+    their fastest float32 form (each precision in its own best form), and the answer."""
+    lines, ratios = [], []
+    for m in sorted({r["batch_size"] for r in rows}):
+        for kind in ("forward", "dW"):
+            best = {dtype: min(r["best_ms"] for r in rows if r["batch_size"] == m and r["dtype"] == dtype
+                               and r["product"].startswith(kind)) for dtype in ("float32", "bfloat16")}
+            ratios.append(best["float32"] / best["bfloat16"])
+            lines.append(f"batch {m:5d}  {kind:7s}  fastest float32 {best['float32']:.3f} ms, fastest bfloat16 "
+                         f"{best['bfloat16']:.3f} ms: bfloat16 {ratios[-1]:.2f}x")
+    answer = ("bfloat16 pays here" if min(ratios) > 1.1 else "bfloat16 does not pay here" if max(ratios) < 1.0
+              else "bfloat16 pays for some of these products only")
+    return "\n".join(lines + [f"{answer} (compute_dtype='bfloat16' speeds these products up "
+                               f"{min(ratios):.2f}-{max(ratios):.2f}x)"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", default="128,1024", help="comma-separated batch sizes m")
@@ -100,6 +118,7 @@ def main(argv=None) -> int:
           f"best of {args.calls} calls", flush=True)
     rows = measure(batch_sizes, args.calls)
     print(format_table(rows))
+    print(verdict(rows))
     if args.out:
         Path(args.out).write_text(json.dumps({"jax": jax.__version__, "backend": jax.default_backend(),
                                               "rows": rows}, indent=2))

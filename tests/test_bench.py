@@ -101,6 +101,11 @@ def test_bench_products_times_each_product_in_both_dtypes(tmp_path):
     assert {(r["product"], r["dtype"]) for r in rows} == {(p, d) for p in PRODUCTS for d in ("float32", "bfloat16")}
     assert all(r["batch_size"] == 8 and 0 < r["best_ms"] <= r["median_ms"] and r["gflops_at_best"] > 0 for r in rows)
     assert "bf16 speed-up" in stdout and "Delta^T written out" in stdout
+    answer = stdout.strip().splitlines()[-2]
+    assert answer.startswith("bfloat16 ") and "speeds these products up" in answer
+    ratio = min(r["best_ms"] for r in rows if r["dtype"] == "float32" and r["product"].startswith("dW")) / \
+        min(r["best_ms"] for r in rows if r["dtype"] == "bfloat16" and r["product"].startswith("dW"))
+    assert "dW       fastest float32" in stdout and f"bfloat16 {ratio:.2f}x" in stdout
 
 
 @pytest.fixture
