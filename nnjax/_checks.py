@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _one_array(x):
@@ -83,6 +84,14 @@ def check_key(fn: str, key) -> None:
                                        or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))):
         return
     raise TypeError(f"{fn}: key must be a JAX random key such as jax.random.key(0), got {key!r}")
+
+
+def check_number(fn: str, arg: str, value) -> float:
+    """Returns the setting `value` as a float; raises TypeError unless it is a real number (a
+    Python or numpy int or float, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {arg}={value!r} must be a number")
+    return float(value)
 
 
 def check_choice(fn: str, arg: str, value, allowed: Iterable) -> None:

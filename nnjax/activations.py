@@ -42,7 +42,8 @@ def relu(z):
 @relu.defjvp
 def _relu_jvp(primals, tangents):
     (z,), (dz,) = primals, tangents
-    return relu(z), jnp.where(_real("relu", z) > 0, dz, jnp.zeros_like(dz))
+    z = _real("relu", z)
+    return jnp.maximum(z, 0), jnp.where(z > 0, dz, jnp.zeros_like(dz))
 
 
 def relu_derivative(z):

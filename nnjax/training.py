@@ -53,7 +53,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from nnjax._checks import check_choice, check_positive_int
+from nnjax._checks import check_choice, check_number, check_positive_int
 from nnjax.activations import activation_name, get_activation
 from nnjax.backprop import cnn_logits_and_grads, mlp_logits_and_grads
 from nnjax.data import load_mnist
@@ -382,9 +382,7 @@ class TrainConfig:
         check_choice("TrainConfig", "schedule", self.schedule, SCHEDULES)
         check_choice("TrainConfig", "compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         for name in ("lr", "warmup_epochs", "weight_decay", "label_smoothing"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise TypeError(f"TrainConfig: {name}={value!r} must be a number")
+            value = check_number("TrainConfig", name, getattr(self, name))
             if not math.isfinite(value):
                 raise ValueError(f"TrainConfig: {name}={value!r} must be finite")
         if not self.lr > 0:

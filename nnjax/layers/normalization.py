@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnjax._checks import (
-    check_dict, check_float_array, check_float_leaves, check_positive_int, check_rank, check_shape,
+    check_dict, check_float_array, check_float_leaves, check_number, check_positive_int, check_rank, check_shape,
 )
 from nnjax.layers.layout import channel_axis, check_layout
 
@@ -41,11 +41,10 @@ __all__ = [
 
 def _check_eps(fn: str, eps) -> float:
     """Returns eps as a float, or raises ValueError/TypeError unless it is a number > 0."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: eps must be a positive float, got {eps!r} of type {type(eps).__name__}")
+    eps = check_number(fn, "eps", eps)
     if not eps > 0:
         raise ValueError(f"{fn}: eps must be > 0 (it keeps sqrt(sigma^2 + eps) away from 0), got {eps}")
-    return float(eps)
+    return eps
 
 
 def _check_params(fn: str, params, expected_shape, because: str, arg: str = "params") -> None:
