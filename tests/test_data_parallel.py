@@ -1,6 +1,7 @@
 """Data parallelism in nnjax.training: a batch split across devices trains exactly like the
 whole batch on one device (up to float rounding), for both gradient sources. Also the host
 set-up the experiments run first (`use_host_cores`, `reuse_freed_memory`)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def test_resolve_devices_follows_the_measured_table_and_the_batch():
 
 
 def test_no_more_cpu_devices_than_cores(monkeypatch):
-    monkeypatch.setattr(training.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert training.resolve_devices("auto", "cnn", 1024, 1000, "cpu") == 1
     with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable \(on a CPU at most one device per core"):
         training.resolve_devices(2, "cnn", 128, 1000, "cpu")
@@ -45,8 +46,8 @@ def test_no_more_cpu_devices_than_cores(monkeypatch):
 def test_fewer_cpu_devices_than_cores_point_to_use_host_cores(monkeypatch):
     """JAX started without `use_host_cores`: one CPU device on a machine with more cores."""
     one_device = jax.devices("cpu")[:1]
-    monkeypatch.setattr(training.jax, "devices", lambda backend=None: one_device)
-    monkeypatch.setattr(training.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(jax, "devices", lambda backend=None: one_device)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with pytest.raises(ValueError, match=r"devices=2 but the cpu backend has 1 usable; call "
                                          r"nnjax.training.use_host_cores\(\) before JAX starts to get one per core \(2\)"):
         training.resolve_devices(2, "cnn", 128, 1000, "cpu")
@@ -63,10 +64,10 @@ def test_bad_device_count_is_refused(devices):
 def test_use_host_cores_keeps_a_count_already_in_xla_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
     training.use_host_cores(5)
-    assert training.os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     training.use_host_cores(5)
-    assert training.os.environ["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=5")
+    assert os.environ["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=5")
 
 
 _MAPPED_BYTES_AFTER_ALLOC = """
@@ -109,7 +110,7 @@ def test_reuse_freed_memory_keeps_large_blocks_out_of_mmap(mode, expected):
 def _one_step(model, grads, devices, params, state, data, batches):
     optimizer = optax.sgd(0.1)
     carry = training.replicate((params, optimizer.init(params), state, jnp.int32(0)), devices)
-    data = training._Data(*training.replicate(tuple(data), devices))
+    data = training.TrainingSet(*training.replicate(tuple(data), devices))
     step = jax.jit(training.make_train_step(model, optimizer, grads, 0.1, devices))
     return jax.device_get(step(carry, data, training.replicate(batches, devices)))
 
@@ -123,7 +124,7 @@ def test_a_step_split_across_two_devices_equals_the_step_on_one(x64, kind, grads
     model = training.cnn_model(channels=(12, 8), hidden=16) if kind == "cnn" else training.mlp_model()
     params, state = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
-    data = training._Data(jnp.asarray(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),
+    data = training.TrainingSet(jnp.asarray(rng.integers(0, 256, (96, 28, 28), dtype=np.uint8)),
                           jnp.asarray(rng.integers(0, 10, 96).astype(np.int32)))
     batches = jnp.asarray(rng.permutation(96)[:64].reshape(2, 32).astype(np.int32))
     one = _one_step(model, grads, 1, params, state, data, batches)
@@ -157,7 +158,7 @@ def test_scan_steps_split_across_two_devices_equal_the_steps_on_one(x64):
     for devices in (1, 2):
         carry = training.replicate((params, optimizer.init(params), state, jnp.int32(0)), devices)
         scanned = jax.jit(training.scan_steps(training.make_batch_step(model, optimizer, "manual", 0.1, devices), 2))
-        results.append(jax.device_get(scanned(carry, training._Data(*training.replicate(data, devices)),
+        results.append(jax.device_get(scanned(carry, training.TrainingSet(*training.replicate(data, devices)),
                                               training.replicate(batches, devices))))
     one, two = results
     assert int(one[0][3]) == int(two[0][3]) == 2

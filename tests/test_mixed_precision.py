@@ -22,7 +22,7 @@ from nnjax.backprop.custom_vjp import conv2d_batch_fast
 from nnjax.layers.conv import conv2d, conv2d_batch, conv_padding
 from nnjax.layers.dense import dense_batch_mixed, mixed_matmul, written_transpose
 from nnjax.losses import softmax_cross_entropy
-from nnjax.network import mlp_init, mlp_logits_batch
+from nnjax.network import mlp_logits_batch
 from nnjax.network.cnn import cnn_apply_batch, cnn_init
 from nnjax.training import cnn_model, compiler_options, mlp_model
 
@@ -45,11 +45,11 @@ def random_mlp(seed, m=6, dtype=np.float64):
 
 
 def random_images(m, seed):
-    """`training._Data` of m random uint8 images and labels."""
+    """`training.TrainingSet` of m random uint8 images and labels."""
     from nnjax import training
 
     rng = np.random.default_rng(seed)
-    return training._Data(jnp.asarray(rng.integers(0, 256, (m, 28, 28), dtype=np.uint8)),
+    return training.TrainingSet(jnp.asarray(rng.integers(0, 256, (m, 28, 28), dtype=np.uint8)),
                           jnp.asarray(rng.integers(0, 10, m), dtype=jnp.int32))
 
 

@@ -19,7 +19,8 @@ def test_import_nnjax_reaches_each_submodule_on_first_use():
 
 
 @pytest.mark.parametrize("package, function", [("layers", "conv2d"), ("backprop", "cnn_grads"),
-                                               ("network", "trace_backward"), ("viz", "plot_activations")])
+                                               ("network", "trace_backward"), ("viz", "plot_activations"),
+                                               ("training", "train")])
 def test_help_on_a_package_lists_its_functions(package, function):
     module = getattr(nnjax, package)
     text = pydoc.render_doc(module, renderer=pydoc.plaintext)

@@ -4,6 +4,7 @@ Small runs: a few thousand training images, short epochs, so compilation dominat
 targets (98% MLP, 99.3% CNN) are measured by running the experiments.
 """
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from nnjax import training
+from nnjax.data import load_mnist
 from nnjax.training import ResumeError, TrainConfig
 
 METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -111,7 +113,7 @@ def test_scan_epochs_with_a_shorter_last_call_match_loop_epochs(small_splits):
     (`_counted_chunk`): the same training and per-epoch metrics as 41 single steps."""
     model = training.mlp_model()
     config = small_config(small_splits, model, epochs=2, batch_size=99, epoch_mode="loop")
-    assert config.steps_per_epoch == 41 and training._scan_chunk_length(41) == 5
+    assert config.steps_per_epoch == 41 and training.steps._scan_chunk_length(41) == 5
     loop = run(model, small_splits, config)
     scan = run(model, small_splits, dataclasses.replace(config, epoch_mode="scan"))
     for a, b in zip(metrics(scan), metrics(loop)):
@@ -172,7 +174,7 @@ def test_checkpoint_write_that_crashes_leaves_the_old_file_and_no_partial_one(tm
         file.write(b"PK\x03\x04 partial bytes")
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(training.np, "savez", crash_midway)
+    monkeypatch.setattr(np, "savez", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         training.save_checkpoint(path, {"W": jnp.ones((2, 3))}, {"epoch": 2})
     assert open(path, "rb").read() == before
@@ -252,8 +254,8 @@ def test_without_matplotlib_a_run_finishes_and_says_why_there_is_no_curves_png(s
     out = tmp_path / "run"
     shutil.copytree(reference["out"], out)
     (out / training.CURVES_FILE).unlink()
-    real_find_spec = training.importlib.util.find_spec
-    monkeypatch.setattr(training.importlib.util, "find_spec",
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "matplotlib" else real_find_spec(name, *args))
     lines = []
     training.train(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True,
@@ -338,7 +340,7 @@ def test_bfloat16_step_keeps_float32_state_and_close_gradients(full_splits, kind
 
     model = training.mlp_model() if kind == "mlp" else training.cnn_model()
     params, state = model.init(jax.random.key(0))
-    data = training._Data(jnp.asarray(full_splits.train_images[:64]), jnp.asarray(full_splits.train_labels[:64]))
+    data = training.TrainingSet(jnp.asarray(full_splits.train_images[:64]), jnp.asarray(full_splits.train_labels[:64]))
     batches = jnp.arange(64).reshape(1, 64)
     optimizer = optax.sgd(1.0)
     after = {}
@@ -389,7 +391,7 @@ def test_compiler_options_on_a_cpu_and_elsewhere(monkeypatch):
     assert training.compiler_options("cpu", "mlp") == training.CPU_COMPILER_OPTIONS_BY_MODEL["mlp"]
     assert training.compiler_options("cpu", "mlp") != training.CPU_COMPILER_OPTIONS
     assert training.compiler_options("gpu") == training.compiler_options("gpu", "mlp") == {}
-    monkeypatch.setattr(training, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_the_test": True})
+    monkeypatch.setattr(training.machine, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_for_the_test": True})
     assert training.compiler_options("cpu") == {}, "an option this XLA lacks must not be passed"
 
 
@@ -397,8 +399,9 @@ def test_train_compiles_each_model_with_its_options(small_splits, monkeypatch):
     """`train` passes its model's kind to every compile: the MLP's programs get the MLP's options."""
     asked = []
     real = training.compiler_options
-    monkeypatch.setattr(training, "compiler_options",
-                        lambda backend=None, model_kind=None: asked.append(model_kind) or real(backend, model_kind))
+    for module in (training.machine, training.steps):
+        monkeypatch.setattr(module, "compiler_options",
+                            lambda backend=None, model_kind=None: asked.append(model_kind) or real(backend, model_kind))
     model = training.mlp_model()
     run(model, small_splits, small_config(small_splits, model, epochs=1))
     assert asked and set(asked) == {"mlp"}
@@ -411,7 +414,7 @@ def test_cnn_step_compiled_with_the_options_matches_the_default_compile(full_spl
 
     model = training.cnn_model()
     params, state = model.init(jax.random.key(1))
-    data = training._Data(jnp.asarray(full_splits.train_images[:32]), jnp.asarray(full_splits.train_labels[:32]))
+    data = training.TrainingSet(jnp.asarray(full_splits.train_images[:32]), jnp.asarray(full_splits.train_labels[:32]))
     batches = jnp.arange(32).reshape(1, 32)
     optimizer = optax.sgd(0.1)
     carry = (params, optimizer.init(params), state, jnp.int32(0))
@@ -456,7 +459,7 @@ def test_epoch_batches_draw_each_example_at_most_once_the_same_way_for_a_key():
 def test_standardized_pixels_are_the_mnist_standardization():
     pixels = np.arange(256, dtype=np.uint8)
     expected = (pixels / 255.0 - training.MNIST_MEAN) / training.MNIST_STD
-    np.testing.assert_allclose(np.asarray(training._standardize(jnp.asarray(pixels))), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(training.models._standardize(jnp.asarray(pixels))), expected, rtol=0, atol=1e-6)
 
 
 def test_epoch_mode_auto_uses_the_measured_table():
@@ -472,15 +475,15 @@ def test_epoch_mode_auto_uses_the_measured_table():
 def test_scan_chunks_cover_the_epoch_in_about_the_promised_calls(steps):
     """A divisor of the step count where one is near, else (on the CPU) a shorter last call:
     937 steps (batch 64) is prime and still runs in 10 calls; on a GPU in one."""
-    chunk = training._scan_chunk_length(steps, "cpu")
+    chunk = training.steps._scan_chunk_length(steps, "cpu")
     calls = -(-steps // chunk)
     assert (calls - 1) * chunk < steps <= calls * chunk
     assert 1 <= calls <= 2 * training.SCAN_UPDATES_PER_EPOCH
     if steps >= training.SCAN_UPDATES_PER_EPOCH ** 2:
         assert calls >= training.SCAN_UPDATES_PER_EPOCH // 2, calls
-    off_cpu = training._scan_chunk_length(steps, "gpu")
+    off_cpu = training.steps._scan_chunk_length(steps, "gpu")
     assert steps % off_cpu == 0 and off_cpu == (chunk if steps % chunk == 0 else steps)
-    assert training._scan_chunk_length(937, "cpu") == 94 and training._scan_chunk_length(937, "gpu") == 937
+    assert training.steps._scan_chunk_length(937, "cpu") == 94 and training.steps._scan_chunk_length(937, "gpu") == 937
 
 
 def test_scan_steps_run_from_the_carrys_step_like_single_steps():
@@ -492,7 +495,7 @@ def test_scan_steps_run_from_the_carrys_step_like_single_steps():
     model = training.mlp_model()
     params, state = model.init(jax.random.key(0))
     rng = np.random.default_rng(0)
-    data = training._Data(jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8)),
+    data = training.TrainingSet(jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8)),
                           jnp.asarray(rng.integers(0, 10, 48), jnp.int32))
     batches = jnp.asarray(rng.permutation(48).reshape(6, 8).astype(np.int32))
     optimizer = optax.sgd(0.1)
@@ -529,7 +532,7 @@ def test_load_splits_holds_out_validation_and_limits_training():
     splits = training.load_splits(limit_train=1000, val=5000)
     assert splits.train_images.shape == (1000, 28, 28) and splits.eval_name == "val"
     assert splits.eval_images.shape == (5000, 28, 28) and splits.test_images.shape == (10000, 28, 28)
-    full_train = training.load_mnist("train")[0]
+    full_train = load_mnist("train")[0]
     np.testing.assert_array_equal(splits.eval_images, full_train[-5000:])
     with pytest.raises(ValueError, match=r"val=60000 must be an int in \[0, 60000\)"):
         training.load_splits(val=60000)
