@@ -18,7 +18,6 @@ The gradients are computed in float64, so that exploding values stay finite.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 
 from _common import positive_int
 from nnjax.activations import get_activation
+from nnjax.atomic import write_figure, write_json
 from nnjax.backprop import mlp_grads
 from nnjax.losses import softmax_cross_entropy
 from nnjax.network import mlp_init, mlp_logits
@@ -132,7 +132,7 @@ def plot(norms: dict, depths, path: str) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = per_layer.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
-    fig.savefig(path, dpi=100)
+    write_figure(path, fig, dpi=100)
 
 
 def main(argv=None) -> dict:
@@ -166,8 +166,7 @@ def main(argv=None) -> dict:
     results = {"config": vars(args),
                "norms": {f"{a}|{i}": {str(d): n.tolist() for d, n in by_depth.items()}
                          for (a, i), by_depth in norms.items()}}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(args.out, "results.json"), results)
     print(f"\nplot saved to {plot_path}")
     return results
 

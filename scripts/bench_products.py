@@ -15,7 +15,6 @@ batch size and product, the fastest bfloat16 form against the fastest float32 on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from nnjax.atomic import write_json  # noqa: E402
 from nnjax.layers.dense import mixed_matmul, written_transpose  # noqa: E402
 
 N_IN, N_OUT = 784, 128
@@ -120,8 +120,7 @@ def main(argv=None) -> int:
     print(format_table(rows))
     print(verdict(rows))
     if args.out:
-        Path(args.out).write_text(json.dumps({"jax": jax.__version__, "backend": jax.default_backend(),
-                                              "rows": rows}, indent=2))
+        write_json(args.out, {"jax": jax.__version__, "backend": jax.default_backend(), "rows": rows})
         print(f"wrote {args.out}")
     return 0
 

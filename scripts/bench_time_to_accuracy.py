@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nnjax import training  # noqa: E402
+from nnjax.atomic import write_json  # noqa: E402
 
 SETTINGS = {
     "mlp": {"target": 0.98, "batch_size": 128, "epochs": 8, "optimizer": "adamw", "lr": 3e-3,
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
         print(f"{model_name}: time to {100 * settings['target']:.0f}% test accuracy, mean over "
               f"{len(runs)} seeds: {mean} (compile {compile_s:.1f} s, excluded)", flush=True)
     results["meta"]["load_average_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

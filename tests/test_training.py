@@ -265,15 +265,18 @@ def test_without_matplotlib_a_run_finishes_and_says_why_there_is_no_curves_png(s
 
 
 def test_resume_rewrites_the_metrics_a_kill_left_behind_the_checkpoint(small_splits, reference, tmp_path):
-    """Killed between the last epoch's checkpoint and its metrics.jsonl: resuming runs no epoch
-    but writes every epoch's metrics from the checkpoint's history."""
+    """Killed between the last epoch's checkpoint and its metrics.jsonl (and while writing the
+    metrics): resuming runs no epoch but writes every epoch's metrics from the checkpoint's
+    history, and deletes the half-written temporary file."""
     out = tmp_path / "run"
     shutil.copytree(reference["out"], out)
     metrics_file = out / training.METRICS_FILE
     metrics_file.write_text("".join(metrics_file.read_text().splitlines(keepends=True)[:1]))
+    (out / f".{training.METRICS_FILE}.0123abcd.tmp").write_text('{"epoch": 1}\n{"ep')
     (out / training.RESULTS_FILE).unlink()
     resumed = run(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True)
     assert metrics(resumed) == metrics(reference["results"])
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "a killed write's temporary file survived"
     assert [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()] == [1, 2, 3]
     assert json.loads((out / training.RESULTS_FILE).read_text())["epochs"] == 3
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import zipfile
-from typing import Callable
 
 import jax
 import numpy as np
+
+from nnjax.atomic import remove_temporary_files, write_atomically, write_figure, write_text
 
 __all__ = [
     "CHECKPOINT_FILE", "METRICS_FILE", "RESULTS_FILE", "CURVES_FILE", "save_checkpoint",
@@ -24,35 +24,9 @@ RESULTS_FILE = "results.json"
 CURVES_FILE = "curves.png"
 
 
-def _write_atomically(path: str, write: Callable, durable: bool = False) -> None:
-    """Calls ``write(file)`` on a temporary file beside `path`, then renames it over `path`.
-
-    A crash of the program at any point leaves either the old file or the new one, never a
-    partial one; the temporary file is removed if writing fails (a killed program leaves it
-    behind, and `train` deletes it on its next start). ``durable=True`` also flushes the file
-    to disk before the rename, so that the same holds if the machine loses power.
-    """
-    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _remove_stale_temporary_files(out_dir: str) -> None:
-    """Deletes the temporary files a killed run left behind (`_write_atomically`'s, never a
-    finished file)."""
-    run_files = (CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, CURVES_FILE)
-    for name in os.listdir(out_dir):
-        if name.endswith(".tmp") and any(name.startswith(f + ".") for f in run_files):
-            os.unlink(os.path.join(out_dir, name))
+    """Deletes the temporary files a killed run left in `out_dir` (never a finished file)."""
+    remove_temporary_files(out_dir, (CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, CURVES_FILE))
 
 
 def save_checkpoint(path: str, tree, meta: dict) -> None:
@@ -67,7 +41,7 @@ def save_checkpoint(path: str, tree, meta: dict) -> None:
     header = json.dumps({"meta": meta, "treedef": str(treedef), "leaves": len(leaves)})
     arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays["header"] = np.frombuffer(header.encode(), dtype=np.uint8)
-    _write_atomically(path, lambda f: np.savez(f, **arrays), durable=True)
+    write_atomically(path, lambda f: np.savez(f, **arrays), durable=True)
 
 
 def load_checkpoint(path: str, template):
@@ -130,9 +104,9 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    write_figure(path, fig, dpi=100)
 
 
 def _write_json_lines(path: str, records: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    _write_atomically(path, lambda f: f.write(text.encode()))
+    """One JSON object per line (``metrics.jsonl``), written atomically."""
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))

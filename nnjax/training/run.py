@@ -15,10 +15,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from nnjax.atomic import write_json
+
 from nnjax.training.config import TrainConfig, _setting_defaults, make_optimizer, resolve_epoch_mode
 from nnjax.training.evaluation import _EvalSet, _eval_set, evaluate, make_evaluate
 from nnjax.training.files import (CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, RESULTS_FILE,
-                                  _remove_stale_temporary_files, _write_atomically, _write_json_lines,
+                                  _remove_stale_temporary_files, _write_json_lines,
                                   load_checkpoint, plot_curves, save_checkpoint)
 from nnjax.training.machine import _device_name, compile_ahead
 from nnjax.training.models import Model, Splits
@@ -294,8 +296,7 @@ def train(model: Model, splits: Splits, config: TrainConfig, *, out_dir: str | N
         "history": history,
     }
     if out_dir:
-        _write_atomically(os.path.join(out_dir, RESULTS_FILE),
-                          lambda f: f.write(json.dumps(results, indent=2).encode()))
+        write_json(os.path.join(out_dir, RESULTS_FILE), results)
         if importlib.util.find_spec("matplotlib") is None:
             log(f"no {CURVES_FILE}: matplotlib is not installed (pip install 'nnjax[viz]')")
         else:

@@ -11,6 +11,8 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from nnjax.atomic import write_figure
+
 DPI = 100
 """Dots per inch of every figure: a figure of size (w, h) inches saves as (w * 100) x (h * 100) pixels."""
 
@@ -32,10 +34,7 @@ def finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
     can rely on it.
     """
     if path is not None:
-        folder = os.path.dirname(os.fspath(path))
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=fig.dpi)
+        write_figure(path, fig)
     return fig
 
 
