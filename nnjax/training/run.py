@@ -16,7 +16,6 @@ import optax
 from tqdm import tqdm
 
 from nnjax.atomic import write_json
-
 from nnjax.training.config import TrainConfig, _setting_defaults, make_optimizer, resolve_epoch_mode
 from nnjax.training.evaluation import _EvalSet, _eval_set, evaluate, make_evaluate
 from nnjax.training.files import (CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, RESULTS_FILE,
@@ -25,7 +24,7 @@ from nnjax.training.files import (CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, RE
 from nnjax.training.machine import _device_name, compile_ahead
 from nnjax.training.models import Model, Splits
 from nnjax.training.parallel import _devices_note, replicate, resolve_devices
-from nnjax.training.steps import (_counted_chunk, TrainingSet, _indexed, _scan_chunk_length, _targets,
+from nnjax.training.steps import (TrainingSet, _counted_chunk, _indexed, _scan_chunk_length, _targets,
                                   compare_gradient_sources, epoch_batches, make_batch_step, scan_steps)
 
 __all__ = ["ResumeError", "train"]
