@@ -254,3 +254,14 @@ def test_example_errors_name_function_argument_expected_and_actual():
         mlp_backward(params, jnp.zeros((2, 4)), y)
     with pytest.raises(TypeError, match=r"mlp_backward: params\[0\] must be a dict with keys \['W', 'b'\]"):
         mlp_backward([{"w": jnp.zeros((5, 4)), "b": jnp.zeros(5)}], x, y)
+
+
+def test_the_general_output_rule_composes_for_a_pair_outside_losses(x64):
+    """delta^[L] = grad_a L * sigma'(z^[L]): a sigmoid output under MSE, as LOSSES' docstring shows."""
+    from nnjax.activations import sigmoid
+    from nnjax.backprop import activation_backward, mse_backward
+    from nnjax.losses import mse
+
+    z_L, y = jnp.array([0.3, -1.2, 2.0]), jnp.array([1.0, 0.0, 1.0])
+    composed = activation_backward("sigmoid", z_L, mse_backward(sigmoid(z_L), y))
+    np.testing.assert_allclose(composed, jax.grad(lambda z: mse(sigmoid(z), y))(z_L), rtol=1e-12)

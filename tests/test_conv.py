@@ -173,6 +173,17 @@ def test_conv_output_size_is_the_chapter_formula_and_matches_conv2d(in_size, ker
     assert out.shape == (1, expected, 1)
 
 
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_conv_output_size_takes_the_padding_modes_of_conv2d(padding):
+    for in_size, kernel, stride in [(28, 3, 1), (28, 3, 2), (7, 3, 2), (5, 5, 1), (6, 4, 3), (10, 1, 4)]:
+        params = {"W": jnp.ones((1, 1, kernel, 1)), "b": jnp.zeros(1)}
+        out = conv2d(params, jnp.ones((1, in_size, 1)), (stride, 1), padding)
+        assert conv_output_size(in_size, kernel, stride, padding) == out.shape[1], (in_size, kernel, stride)
+    assert conv_output_size(28, 3, 2, "same") == 14 and conv_output_size(28, 3, 2, "valid") == 13
+    with pytest.raises(TypeError, match=r"padding must be an int >= 0 \(zeros on each side\), 'valid' or 'same', got 'full'"):
+        conv_output_size(4, 3, padding="full")
+
+
 def test_conv_output_size_examples_and_errors():
     assert conv_output_size(28, 3) == 26
     assert conv_output_size(28, 3, stride=2, padding=1) == 14

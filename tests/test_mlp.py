@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nnjax.activations import relu, tanh
-from nnjax.network import mlp_activations, mlp_forward, mlp_init, mlp_logits, mlp_logits_batch
+from nnjax.network import layer_forward, mlp_activations, mlp_forward, mlp_init, mlp_logits, mlp_logits_batch
 
 SIZES = [4, 6, 5, 3]
 
@@ -53,6 +53,21 @@ def test_logits_forward_and_activations_match_numpy():
     for z, a in zip(zs[:-1], activations[1:-1]):
         np.testing.assert_array_equal(a, relu(z))
     np.testing.assert_allclose(activations[-1], probs_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_forward_is_the_chapters_layer_and_the_mlps_hidden_step():
+    """a = sigma(W x + b) for one example; vmapped, the chapter's A = sigma(W X + b 1^T) by rows."""
+    params = with_bias(mlp_init(jax.random.key(4), SIZES))
+    x = jnp.array([0.5, -1.0, 2.0, 0.25])
+    W, b = np.asarray(params[0]["W"]), np.asarray(params[0]["b"])
+    np.testing.assert_allclose(layer_forward(params[0], x, "tanh"), np.tanh(W @ np.asarray(x) + b), rtol=1e-6)
+    _, activations = mlp_activations(params, x)
+    np.testing.assert_array_equal(layer_forward(params[0], x), activations[1])
+    X = jax.random.normal(jax.random.key(5), (6, 4))
+    A = jax.vmap(layer_forward, in_axes=(None, 0, None))(params[0], X, jax.nn.sigmoid)
+    np.testing.assert_allclose(A, (1 / (1 + np.exp(-(W @ np.asarray(X).T + b[:, None])))).T, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"layer_forward: activation='swish' is not allowed; expected one of \['relu'"):
+        layer_forward(params[0], x, "swish")
 
 
 def test_activation_choice_applies_to_hidden_layers_only():

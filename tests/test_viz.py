@@ -136,6 +136,37 @@ def test_perceptron_presets():
         viz.perceptron_dataset("moons")
 
 
+def test_convolution_steps_title_states_the_output_size_of_its_own_input():
+    square = viz.plot_convolution_steps(image=np.arange(81.0).reshape(9, 9), positions=((0, 0),))
+    assert "output size (9 - 3)/1 + 1 = 7" in square._suptitle.get_text()
+    oblong = viz.plot_convolution_steps(image=np.ones((6, 8)), kernel=np.ones((2, 3)), positions=((0, 0),))
+    assert "output size (6 - 2)/1 + 1 = 5 by (8 - 3)/1 + 1 = 6" in oblong._suptitle.get_text()
+
+
+def test_tensor_shapes_broadcast_row_draws_what_its_arrow_says():
+    from nnjax.viz import tensor_shapes
+
+    (title, [(x, _), (y, _)], op, out, _), = [r for r in tensor_shapes._operations() if r[0].startswith("broadcast")]
+    assert op == "x + y" and out.shape == (2, 3)
+    np.testing.assert_array_equal(out, x + y)
+
+
+@pytest.mark.parametrize("loss, outputs, box", [
+    ("mse", 1, "δ = 2(ŷ - y)"),
+    ("softmax_cross_entropy", 2, "ŷ = softmax(z)"),
+    ("sigmoid_binary_cross_entropy", 1, "ŷ = σ(z)"),
+])
+def test_backpropagation_figure_has_the_chapters_loss_selector(loss, outputs, box):
+    fig = viz.plot_backpropagation(loss=loss)
+    y = jnp.eye(outputs)[0] if loss == "softmax_cross_entropy" else jnp.ones(outputs)
+    trace = trace_backward(viz.example_params([2, 3, outputs]), jnp.array([1.0, 0.5]), y, loss=loss)
+    drawn = texts(fig)
+    assert box in drawn and str(trace) in drawn
+    assert "L = " in drawn and f"= {trace.loss_value:.2f}" in drawn
+    with pytest.raises(ValueError, match="plot_backpropagation: loss='hinge' is not allowed"):
+        viz.plot_backpropagation(loss="hinge")
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="sizes"):
         viz.plot_architecture((4,))

@@ -39,7 +39,10 @@ LOSSES = {"softmax_cross_entropy": softmax_cross_entropy_backward, "mse": mse_ba
           "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy_backward}
 """The chapter's three output layers and their losses (softmax with cross-entropy, linear with
 MSE, sigmoid with binary cross-entropy), by the name of the loss in `nnjax.losses`; each maps
-(z^[L], y) to the hand-derived delta^[L] = dL/dz^[L]."""
+(z^[L], y) to the hand-derived delta^[L] = dL/dz^[L]. Each is the chapter's general output rule
+delta^[L] = grad_a L * sigma'^[L](z^[L]) worked out for its pair; for another elementwise output
+activation with a loss, compose the rule: e.g. a sigmoid output under MSE is
+``activation_backward("sigmoid", z_L, mse_backward(sigmoid(z_L), y))``."""
 
 
 def mlp_backward(params, x, y, activation: Callable | str = relu, loss: str = "softmax_cross_entropy"):

@@ -78,7 +78,10 @@ def conv_output_size(in_size, kernel_size, stride=1, padding=0) -> int:
       in_size: input length along the axis (int >= 1).
       kernel_size: kernel length (int >= 1).
       stride: step between windows (int >= 1).
-      padding: zeros added on EACH side (int >= 0).
+      padding: zeros added on EACH side (int >= 0), or the chapter's two modes: "valid"
+        (no padding) and "same" (out_size = ceil(in_size / stride): the total padding
+        (out_size - 1) * stride + kernel_size - in_size is split between the two sides, the
+        odd zero at the end, as `conv_padding` does).
 
     Returns:
       The output length, an int >= 1.
@@ -91,8 +94,13 @@ def conv_output_size(in_size, kernel_size, stride=1, padding=0) -> int:
     in_size = check_positive_int(fn, "in_size", in_size)
     kernel_size = check_positive_int(fn, "kernel_size", kernel_size)
     stride = check_positive_int(fn, "stride", stride)
+    if padding == "same":
+        return -(-in_size // stride)
+    if padding == "valid":
+        padding = 0
     if isinstance(padding, bool) or not isinstance(padding, (int, jnp.integer)):
-        raise TypeError(f"{fn}: padding must be an int >= 0 (zeros on each side), got {padding!r}")
+        raise TypeError(f"{fn}: padding must be an int >= 0 (zeros on each side), 'valid' or 'same', "
+                        f"got {padding!r}")
     if padding < 0:
         raise ValueError(f"{fn}: padding must be an int >= 0 (zeros on each side), got {padding}")
     out = (in_size - kernel_size + 2 * padding) // stride + 1

@@ -21,7 +21,7 @@ from nnjax.activations import ELEMENTWISE, relu, softmax
 from nnjax.backprop.custom_vjp import dense_batch_fast
 from nnjax.layers.dense import INITS, check_dense_stack, dense, dense_init
 
-__all__ = ["mlp_init", "mlp_logits", "mlp_logits_batch", "mlp_forward", "mlp_activations"]
+__all__ = ["layer_forward", "mlp_init", "mlp_logits", "mlp_logits_batch", "mlp_forward", "mlp_activations"]
 
 
 def _check_sizes(fn: str, sizes) -> list[int]:
@@ -46,6 +46,26 @@ def _resolve_activation(fn: str, activation) -> Callable:
         raise TypeError(f"{fn}: activation must be a callable or a name in {list(ELEMENTWISE)}, "
                         f"got {activation!r}")
     return activation
+
+
+def layer_forward(params, x, activation: Callable | str = relu):
+    """One neural-network layer on one example ("Neural Network Layer"): a = sigma(W x + b).
+
+    The dense layer's pre-activation z = W x + b (`nnjax.layers.dense`) followed by the
+    elementwise activation sigma; an MLP's hidden layers are this, its output layer
+    softmax(z^[L]) (`mlp_forward`). For a batch, one example per row, vmap it:
+    ``jax.vmap(layer_forward, in_axes=(None, 0))(params, X)`` is the chapter's
+    A = sigma(W X + b 1^T), transposed.
+
+    Args:
+      params: ``{"W": (n_out, n_in), "b": (n_out,)}``, as `nnjax.layers.dense_init` returns.
+      x: one input, shape (n_in,).
+      activation: sigma, a callable or a name in nnjax.activations' elementwise functions.
+
+    Returns:
+      a, shape (n_out,).
+    """
+    return _resolve_activation("layer_forward", activation)(dense(params, x))
 
 
 def _checked_input(fn: str, params, x):

@@ -28,7 +28,8 @@ OUTPUTS: dict[str, Callable] = {"softmax": softmax, "linear": lambda z: z, "sigm
 """The output layer's function a^[L] = f(z^[L]), by name."""
 
 _LOSS_OUTPUT = {
-    # loss -> (output function, delta^[L] = dL/dz^[L] as the chapter writes it, the loss function)
+    # loss -> (output function, delta^[L] = dL/dz^[L], the chapter's grad_a L * f'(z^[L])
+    # worked out for the pair, the loss function)
     "softmax_cross_entropy": ("softmax", "softmax(z^[L]) - y", losses.softmax_cross_entropy),
     "mse": ("linear", "2 (z^[L] - y)", losses.mse),
     "sigmoid_binary_cross_entropy": ("sigmoid", "sigmoid(z^[L]) - y", losses.sigmoid_binary_cross_entropy),
@@ -164,7 +165,8 @@ class BackwardTrace:
     Attributes:
       forward: the ForwardTrace (its output function is the one `loss` goes with).
       y: the target, shape (n_L,).
-      loss: the loss's name, "mse" or "softmax_cross_entropy".
+      loss: the loss's name, a key of `nnjax.backprop.LOSSES`: "softmax_cross_entropy", "mse" or
+        "sigmoid_binary_cross_entropy".
       loss_value: L for this example (a scalar).
       layers: (LayerGradient of layer 1, ..., of layer L); `layer(l)` indexes them from 1.
     """

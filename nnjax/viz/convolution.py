@@ -112,17 +112,23 @@ def _outline(ax, row: int, col: int, size: Sequence[int], color: str, linewidth:
                            linewidth=linewidth, linestyle=style, zorder=3))
 
 
+def _size_formula(in_hw, kernel_hw, out_hw) -> str:
+    """The chapter's (in - k + 2p)/s + 1 at stride 1, no padding, per axis; one axis when square."""
+    axes = [f"({n} - {k})/1 + 1 = {o}" for n, k, o in zip(in_hw, kernel_hw, out_hw)]
+    return axes[0] if in_hw[0] == in_hw[1] and kernel_hw[0] == kernel_hw[1] else " by ".join(axes)
+
+
 def plot_convolution_steps(path=None, *, kernel="edge", image=None,
                            positions: Sequence[tuple[int, int]] = ((0, 0), (0, 1), (2, 3))):
-    """The kernel sliding over the 7x7 input (stride 1, valid), one row per output position.
+    """The kernel sliding over the input (stride 1, valid), one row per output position.
 
     Each row shows the input with the kernel's window outlined, the elementwise products
     I_{i+m, j+n} K_{m, n} with their sum, and the output map filled up to that position.
 
     Args:
       path: where to save the PNG; nothing is saved when None.
-      kernel: a name in `KERNELS` (default the edge detector) or a 3x3 array.
-      image: the (H, W) input; defaults to `EXAMPLE_INPUT`.
+      kernel: a name in `KERNELS` (default the edge detector) or a 2-D array (kh, kw).
+      image: the (H, W) input; defaults to `EXAMPLE_INPUT` (7x7).
       positions: the output positions (i, j) shown, one row each.
 
     Returns:
@@ -152,7 +158,7 @@ def plot_convolution_steps(path=None, *, kernel="edge", image=None,
         _outline(ax_out, i, j, (1, 1), "#e67e22")
         ax_out.set_title(f"output {out.shape[0]}x{out.shape[1]}: out[{i}, {j}] = {_number(out[i, j])}", fontsize=10)
     fig.suptitle("Convolution step by step (stride 1, valid): out[i, j] = Σ_m Σ_n I[i + m, j + n] K[m, n]; "
-                 f"output size (7 - {kh})/1 + 1 = {out.shape[0]}", fontsize=12)
+                 f"output size {_size_formula(image.shape, K.shape, out.shape)}", fontsize=12)
     return finish(fig, path)
 
 

@@ -180,13 +180,13 @@ def plot_perceptron_learning(preset: str = "separable", path=None, *, frames: in
             title = "start: w = 0, b = 0"
         else:
             title = f"update {k} (epoch {int(trace.epoch[k]) + 1}): y_i = {int(y[example]):+d}"
-        ax.set_title(f"{title}\nw = [{fmt(trace.w[k][0])}, {fmt(trace.w[k][1])}], b = {fmt(trace.b[k])}, "
-                     f"{wrong} wrong", fontsize=9)
+        ax.set_title(f"{title}\nw = [{fmt(trace.w[k][0])}, {fmt(trace.w[k][1])}], b = {fmt(trace.b[k])}\n"
+                     f"now {wrong} of {len(y)} points misclassified", fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes[len(shown):]:
         ax.set_axis_off()
     final = ("converged" if int(trace.mistakes_per_epoch[-1]) == 0
-             else f"still {int(trace.mistakes_per_epoch[-1])} mistakes in epoch {epochs}")
+             else f"still {int(trace.mistakes_per_epoch[-1])} updates (mistakes while learning) in epoch {epochs}")
     fig.suptitle(f"Rosenblatt's rule, {preset} preset: on a mistake (starred) "
                  f"w ← w + $y_i x_i$, b ← b + $y_i$; {updates} updates, {final}", fontsize=11)
     return finish(fig, path)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnjax._checks import check_choice
 from nnjax.network.mlp import mlp_init
 from nnjax.network.trace import BackwardTrace, ForwardTrace, trace_backward, trace_forward
 from nnjax.viz._common import (BACKWARD, FORWARD, NEGATIVE, POSITIVE, draw_nodes, finish, fmt, layer_positions,
@@ -72,7 +73,14 @@ def _network_axes(fig, sizes: Sequence[int], right_margin: float):
     return diagram, equations, centers, top
 
 
-def _edge_label(ax, start, end, text: str, color: str, t: float = 0.7) -> None:
+def _label_fraction(n_from: int, n_to: int) -> float:
+    """Where along the edges between layers of `n_from` and `n_to` neurons their labels go, as a
+    fraction from the `n_from` side: near the wider layer, where the edges are furthest apart
+    (near the narrower one, edges that cross would stack their labels)."""
+    return 0.7 if n_to >= n_from else 0.3
+
+
+def _edge_label(ax, start, end, text: str, color: str, t: float) -> None:
     """Writes `text` on the segment start -> end at fraction `t` from `start`, in a small white box."""
     x, y = (1 - t) * np.asarray(start) + t * np.asarray(end)
     ax.text(x, y, text, fontsize=8, ha="center", va="center", color=color, zorder=5,
@@ -130,7 +138,7 @@ def _forward_figure(trace: ForwardTrace, path):
                 ax.plot(*zip(start, end), color=color, linewidth=0.6 + 1.6 * min(abs(W[j, k]), 1.5), alpha=0.55,
                         zorder=1)
                 if W.size <= MAX_LABELLED_EDGES:
-                    _edge_label(ax, start, end, fmt(W[j, k], 1), color)
+                    _edge_label(ax, start, end, fmt(W[j, k], 1), color, _label_fraction(*W.shape[::-1]))
         for (cx, cy), b in zip(centers[l], np.asarray(step.b)):
             ax.text(cx, cy - 0.5, f"b = {fmt(b, 1)}", ha="center", va="top", fontsize=8.5, color=FORWARD)
         sigma = trace.output if l == depth else trace.activation
@@ -151,30 +159,48 @@ def _forward_figure(trace: ForwardTrace, path):
     return finish(fig, path)
 
 
-def plot_backpropagation(params=None, x: Sequence[float] = (1.0, 0.5), y: Sequence[float] = (1.0,), path=None):
-    """The chapter's backpropagation example, 2 -> 3 -> 1 with MSE, gradients on backward arrows.
+_LOSS_BOXES = {
+    # loss -> (its name in the title, the box beside the output layer: L, the output a^[L], delta^[L])
+    "mse": ("MSE", "L = ||y - ŷ||² = {value}\nŷ = z (linear output)\nδ = 2(ŷ - y)"),
+    "softmax_cross_entropy": ("softmax + cross-entropy", "L = -Σ y log ŷ = {value}\nŷ = softmax(z)\nδ = ŷ - y"),
+    "sigmoid_binary_cross_entropy": ("sigmoid + binary cross-entropy",
+                                     "L = -Σ [y log ŷ + (1 - y) log(1 - ŷ)] = {value}\nŷ = σ(z)\nδ = ŷ - y"),
+}
+
+
+def plot_backpropagation(params=None, x: Sequence[float] = (1.0, 0.5), y: Sequence[float] | None = None,
+                         path=None, *, loss: str = "mse"):
+    """The chapter's backpropagation example, 2 -> 3 -> 1 with MSE by default, gradients on backward arrows.
 
     Each neuron shows its forward a and its delta = dL/dz; each connection carries an arrow
     pointing backward labelled with dL/dW^[l]_jk = delta^[l]_j a^[l-1]_k (for layers of at most
-    `MAX_LABELLED_EDGES` weights). Below, the trace's
-    steps: delta^[L] = 2 (z^[L] - y), delta^[l] = (W^[l+1])^T delta^[l+1] * relu'(z^[l]),
-    dW = delta a^T, db = delta.
+    `MAX_LABELLED_EDGES` weights). Below, the trace's steps: delta^[L] for the loss (MSE:
+    2 (z^[L] - y); softmax + cross-entropy and sigmoid + binary cross-entropy: a^[L] - y),
+    delta^[l] = (W^[l+1])^T delta^[l+1] * relu'(z^[l]), dW = delta a^T, db = delta.
 
     Args:
       params: a list of dense layers, at most `MAX_NEURONS` neurons per layer; defaults to
-        `example_params([2, 3, 1])`.
+        `example_params([2, 3, 1])`, or `[2, 3, 2]` for softmax + cross-entropy (two classes).
       x: the input, by default [1.0, 0.5].
-      y: the regression target, one value per output neuron.
+      y: the target, one value per output neuron; by default 1 for each (MSE, binary
+        cross-entropy), or the one-hot [1, 0, ...] for softmax + cross-entropy.
       path: where to save the PNG; nothing is saved when None.
+      loss: the chapter's loss selector: "mse", "softmax_cross_entropy" or
+        "sigmoid_binary_cross_entropy" (each with its output layer, `nnjax.backprop.LOSSES`).
 
     Returns:
       The matplotlib Figure (12 x 7.5 inches, 1200 x 750 pixels).
 
     Raises:
-      ValueError: a layer wider than `MAX_NEURONS`.
+      ValueError: a layer wider than `MAX_NEURONS`, or an unknown loss.
     """
-    params = example_params([2, 3, 1]) if params is None else params
-    trace = trace_backward(params, jnp.asarray(x, dtype=jnp.float32), jnp.asarray(y, dtype=jnp.float32), loss="mse")
+    check_choice("plot_backpropagation", "loss", loss, tuple(_LOSS_BOXES))
+    if params is None:
+        params = example_params([2, 3, 2 if loss == "softmax_cross_entropy" else 1])
+    if y is None:
+        outputs = params[-1]["W"].shape[0]
+        y = jnp.eye(outputs)[0] if loss == "softmax_cross_entropy" else jnp.ones(outputs)
+    trace = trace_backward(params, jnp.asarray(x, dtype=jnp.float32), jnp.asarray(y, dtype=jnp.float32), loss=loss)
     return _backward_figure(trace, path)
 
 
@@ -195,7 +221,7 @@ def _backward_figure(trace: BackwardTrace, path):
                                             shrinkA=27, shrinkB=27, mutation_scale=14))
                 if dW.size <= MAX_LABELLED_EDGES:
                     _edge_label(ax, start, end, f"$∂L/∂W^{{[{l}]}}_{{{j + 1}{k + 1}}}$ = {fmt(dW[j, k])}",
-                                BACKWARD)
+                                BACKWARD, _label_fraction(*dW.shape[::-1]))
         ax.text(centers[l][0, 0], top + 0.7,
                 f"layer {l}: $∂L/∂W^{{[{l}]}} = δ^{{[{l}]}} (a^{{[{l - 1}]}})^T$\n$∂L/∂b^{{[{l}]}} = δ^{{[{l}]}}$",
                 ha="center", va="bottom", fontsize=10)
@@ -208,12 +234,13 @@ def _backward_figure(trace: BackwardTrace, path):
         _node_texts(ax, centers[l], [f"{a_name} = {fmt(a)}" for a in np.asarray(step.a)], FORWARD, dy=0.14)
         _node_texts(ax, centers[l], [f"δ = {fmt(d)}" for d in np.asarray(grads.delta)], BACKWARD, dy=-0.14)
     target = ", ".join(fmt(v) for v in np.asarray(trace.y))
+    loss_name, loss_box = _LOSS_BOXES[trace.loss]
     ax.text(centers[-1][0, 0] + 0.55, centers[-1][:, 1].mean(),
-            f"y = [{target}]\nL = ||y - ŷ||² = {fmt(trace.loss_value)}\nδ = 2(ŷ - y)",
+            f"y = [{target}]\n" + loss_box.format(value=fmt(trace.loss_value)),
             ha="left", va="center", fontsize=10, color=BACKWARD,
             bbox=dict(boxstyle="round", facecolor="#fdedec", edgecolor=BACKWARD))
     _write_equations(equations, str(trace))
     arrows = " → ".join(map(str, sizes))
-    fig.suptitle(f"Backpropagation {arrows} with {trace.loss.upper()}: arrows carry ∂L/∂W backward; "
-                 f"each neuron shows its a (forward) and δ = ∂L/∂z (backward)", fontsize=12)
+    fig.suptitle(f"Backpropagation {arrows} with {loss_name}: ∂L/∂W on the backward arrows, "
+                 f"a (forward) and δ = ∂L/∂z (backward) in each neuron", fontsize=12)
     return finish(fig, path)

@@ -83,6 +83,7 @@ def _operations():
     squeeze_in = np.arange(3).reshape(1, 3, 1)
     left, right = np.arange(20).reshape(2, 10), np.arange(20, 40).reshape(2, 10)
     row = np.arange(3)
+    column_steps = np.array([[0, 0, 0], [10, 10, 10]])
     rows = [
         ("reshape: change the shape, keep the elements in row-major order",
          [(reshape_in, "(2, 3, 4)")], "reshape(x, (6, 4))",
@@ -98,9 +99,10 @@ def _operations():
          [(left, "(2, 10)"), (right, "(2, 10)")], "concatenate([a, b], axis=1)",
          np.asarray(tensor.concatenate([left, right], axis=1)),
          tensor.explain("concatenate", (2, 10), (2, 10), axis=1)),
-        ("broadcast: (3,) + (2, 3) -> (2, 3), the (3,) row repeated on the new leading axis",
-         [(row, "(3,)"), (np.full((2, 3), -1), "(2, 3)")], "x + y",
-         np.asarray(tensor.broadcast(row, (2, 3))), tensor.explain("broadcast_shapes", (3,), (2, 3))),
+        ("broadcast: (3,) + (2, 3) -> (2, 3), the (3,) row repeated on the new leading axis, then added",
+         [(row, "(3,)"), (column_steps, "(2, 3)")], "x + y",
+         np.asarray(tensor.broadcast(row, (2, 3)) + column_steps),
+         tensor.explain("broadcast_shapes", (3,), (2, 3))),
     ]
     try:
         tensor.explain("reshape", (2, 3, 4), shape=(5, 5))
