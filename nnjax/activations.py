@@ -11,6 +11,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnjax._checks import check_choice, check_rank, check_real_array, check_shape
 
@@ -27,22 +28,25 @@ def _real(fn: str, z):
     return z if jnp.issubdtype(z.dtype, jnp.floating) else z.astype(jnp.result_type(z, float))
 
 
-@jax.custom_jvp
 def relu(z):
     """ReLU(z) = max(0, z).
 
     At the kink z = 0 the derivative is undefined; nnjax takes 0 there, the chapter's code's
-    `z > 0`, in `relu_derivative` and for autodiff alike (this function's JVP), so hand-derived
+    `z > 0`, in `relu_derivative` and for autodiff alike (a `jax.custom_jvp`), so hand-derived
     and automatic gradients agree even where z is exactly 0 (zero biases and zero inputs make
     that common). `jnp.maximum`'s own derivative would give 1/2 there.
     """
-    return jnp.maximum(_real("relu", z), 0)
+    return _relu(_real("relu", z))
 
 
-@relu.defjvp
+@jax.custom_jvp
+def _relu(z):
+    return jnp.maximum(z, 0)
+
+
+@_relu.defjvp
 def _relu_jvp(primals, tangents):
     (z,), (dz,) = primals, tangents
-    z = _real("relu", z)
     return jnp.maximum(z, 0), jnp.where(z > 0, dz, jnp.zeros_like(dz))
 
 
@@ -61,7 +65,7 @@ def _check_slope(fn: str, negative_slope):
 def leaky_relu(z, negative_slope=0.01):
     """LeakyReLU(z) = z if z > 0 else negative_slope * z."""
     z = _real("leaky_relu", z)
-    return jnp.where(z > 0, z, _check_slope("leaky_relu", negative_slope) * z)
+    return jnp.where(z > 0, z, _check_slope("leaky_relu", negative_slope).astype(z.dtype) * z)
 
 
 def leaky_relu_derivative(z, negative_slope=0.01):
@@ -106,6 +110,9 @@ def softplus_derivative(z):
 def _classes(fn: str, z, axis):
     """z as a floating array with at least one class along `axis`."""
     z = _real(fn, z)
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or (z.ndim and not -z.ndim <= axis < z.ndim):
+        raise ValueError(f"{fn}: axis={axis!r} is not an axis of z of shape {z.shape}; expected an int in "
+                         f"[{-z.ndim}, {z.ndim})")
     if z.ndim == 0 or z.shape[axis] == 0:
         raise ValueError(f"{fn}: z has shape {z.shape}: no classes along axis {axis} to normalize over")
     return z

@@ -209,3 +209,20 @@ def test_everything_runs_under_jit_and_vmap():
     np.testing.assert_allclose(jacobians, np.stack([A.softmax_jacobian(r) for r in z]), atol=1e-7)
     np.testing.assert_allclose(softmax_grads, softmax_backward(z, z), atol=1e-7)
     np.testing.assert_allclose(log_probs, A.log_softmax(z), atol=1e-7)
+
+
+def test_bad_inputs_name_the_activation_and_the_argument():
+    with pytest.raises(TypeError, match=r"relu: z must be an array of real numbers \(ints or floats\), got 'a'"):
+        A.relu("a")
+    with pytest.raises(ValueError, match=r"softmax: axis=5 is not an axis of z of shape \(3,\); expected an int in \[-1, 1\)"):
+        A.softmax(jnp.ones(3), axis=5)
+    with pytest.raises(ValueError, match=r"log_softmax: axis=-2 is not an axis of z of shape \(3,\)"):
+        A.log_softmax(jnp.ones(3), axis=-2)
+    with pytest.raises(ValueError, match="softmax: axis=1.0 is not an axis"):
+        A.softmax(jnp.ones((2, 3)), axis=1.0)
+
+
+def test_leaky_relu_keeps_the_dtype_of_z_whatever_the_slope(x64):
+    z = jnp.array([-1.0, 2.0], jnp.float32)
+    assert A.leaky_relu(z, np.float64(0.1)).dtype == A.leaky_relu_derivative(z, np.float64(0.1)).dtype == jnp.float32
+    np.testing.assert_allclose(A.leaky_relu(z, np.float64(0.1)), [-0.1, 2.0], rtol=1e-7)

@@ -134,8 +134,14 @@ def test_batch_errors_name_the_function_and_argument(fn):
     name = fn.__name__
     with pytest.raises(AssertionError, match=rf"{name}: X has shape \(2, 7, 10\) \(rank 3\), expected rank 4"):
         fn(params, X[0])
-    with pytest.raises(AssertionError, match=rf"{name}: x has shape .*C = 5 channels must equal C_in = 2"):
+    with pytest.raises(AssertionError, match=rf"{name}: X has shape \(4, 5, 7, 10\), expected \(\?, 2, \?, \?\) "
+                                             rf"= \(m, C, H, W\): its C = 5 channels must equal C_in = 2"):
         fn(params, jnp.ones((4, 5, 7, 10)))
+    with pytest.raises(ValueError, match=rf"{name}: X has shape \(0, 2, 7, 10\), an empty batch"):
+        fn(params, jnp.ones((0, 2, 7, 10)))
+    for chunk, error in ((-1, ValueError), (0, ValueError), (1.5, TypeError), ("2", TypeError)):
+        with pytest.raises(error, match=rf"{name}: chunk"):
+            fn(params, X, chunk=chunk)
     with pytest.raises(ValueError, match=rf"{name}: layout='NCHW'"):
         fn(params, X, layout="NCHW")
     with pytest.raises(TypeError, match=rf"{name}: .*floating-point"):

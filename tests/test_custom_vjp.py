@@ -131,6 +131,8 @@ def test_errors_name_the_fast_function():
         dense_batch_fast(dense_params, jnp.ones(4))
     with pytest.raises(AssertionError, match=r"dense_batch_fast: A has shape \(2, 5\), expected \(\?, 4\) = \(m, n_in\)"):
         dense_batch_fast(dense_params, jnp.ones((2, 5)))
+    with pytest.raises(TypeError, match=r"dense_batch_fast: A must be an array of real numbers .* got dtype bool"):
+        dense_batch_fast(dense_params, jnp.ones((2, 4), bool))
 
 
 def test_forward_mode_is_not_defined():

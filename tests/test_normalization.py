@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nnjax.backprop.custom_vjp import batch_norm_batch_fast
 from nnjax.backprop.normalization import (
     batch_norm_backward, batch_norm_batch_backward, group_norm_backward, instance_norm_backward,
     layer_norm_backward,
@@ -356,12 +357,46 @@ def test_batch_norm_needs_more_than_one_value_per_feature():
     (lambda p, s: batch_norm_batch_backward(p, jnp.ones(3), jnp.ones(3)), AssertionError,
      r"batch_norm_batch_backward: X has shape \(3,\) \(rank 1\).*\(m, F\)"),
     (lambda p, s: batch_norm_batch_backward(p, jnp.ones((2, 4)), jnp.ones((2, 4))), AssertionError,
-     r"gamma.*\(4,\)"),
+     r"gamma.*\(4,\), the features \(channels\) of X of shape \(2, 4\)"),
+    (lambda p, s: batch_norm_batch_fast(p, s, jnp.ones(3)), AssertionError,
+     r"batch_norm_batch_fast: X has shape \(3,\) \(rank 1\), expected rank"),
+    (lambda p, s: batch_norm_batch_fast(p, s, jnp.ones((2, 5))), AssertionError,
+     r'batch_norm_batch_fast: params\["gamma"\] has shape \(3,\), expected \(5,\), the features \(channels\) '
+     r"of X of shape \(2, 5\)"),
+    (lambda p, s: batch_norm_batch_fast(p, s, jnp.ones((0, 3))), ValueError,
+     r"batch_norm_batch_fast: X has shape \(0, 3\), an empty batch"),
+    (lambda p, s: batch_norm_batch_fast(p, s, jnp.ones((2, 3)), momentum=2.0), ValueError,
+     r"batch_norm_batch_fast: momentum must be in \[0, 1\]"),
+    (lambda p, s: batch_norm_batch_fast(p, s, jnp.ones((2, 3)), eps=0.0), ValueError,
+     r"batch_norm_batch_fast: eps must be > 0"),
+    (lambda p, s: batch_norm(p, s, jnp.ones(3), train=False, momentum=jnp.array(2.0)), ValueError,
+     r"batch_norm: momentum must be in \[0, 1\], got 2.0"),
+    (lambda p, s: batch_norm(p, s, jnp.ones(3), train=False, momentum="0.9"), TypeError,
+     r"batch_norm: momentum='0.9' must be a number"),
 ])
 def test_batch_norm_errors(call, error, pattern):
     params, state = batch_norm_init(3)
     with pytest.raises(error, match=pattern):
         call(params, state)
+
+
+def test_batch_norm_batch_fast_treats_the_new_running_statistics_as_constants(x64):
+    """Documented: a loss that reads new_state gets what autodiff gives with the statistics
+    behind stop_gradient (zero), while Y's gradient is the plain layer's."""
+    params, _ = batch_norm_init(3)
+    state = {"mean": jnp.ones(3), "var": 2 * jnp.ones(3)}
+    X = _normal(7, (4, 3))
+
+    def plain(X):
+        Y, new = jax.vmap(lambda x: batch_norm(params, state, x, train=True), axis_name="batch", out_axes=(0, None))(X)
+        return jnp.sum(Y ** 3) + jax.lax.stop_gradient(new["mean"].sum() + new["var"].sum())
+
+    def fast(X):
+        Y, new = batch_norm_batch_fast(params, state, X)
+        return jnp.sum(Y ** 3) + new["mean"].sum() + new["var"].sum()
+
+    np.testing.assert_allclose(jax.grad(fast)(X), jax.grad(plain)(X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(jax.grad(lambda s: batch_norm_batch_fast(params, s, X)[1]["mean"].sum())(state)["mean"], 0)
 
 
 @pytest.mark.parametrize("call, error, pattern", [

@@ -187,3 +187,17 @@ def test_backward_errors(fn):
         fn(x, jnp.ones((2, 3, 3)), 2)
     with pytest.raises(ValueError, match=f"{name}: window"):
         fn(x, jnp.ones((2, 1, 1)), (8, 2))
+
+
+def test_a_nan_in_a_window_gets_the_delta_in_every_backward_as_in_autodiff(x64):
+    """max_pool2d returns NaN for a window holding one; its delta goes to the NaN in autodiff, in
+    the hand-derived backward, in max_pool2d_fast's and in the argmax alike."""
+    from nnjax.backprop.custom_vjp import max_pool2d_fast
+
+    x = jnp.array([[[1.0, jnp.nan, 0.5, 0.2], [3.0, 2.0, 0.1, 0.4]]])
+    delta = jnp.array([[[1.0, 2.0]]])
+    autodiff = jax.vjp(max_pool2d, x)[1](delta)[0]
+    np.testing.assert_array_equal(autodiff, [[[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    np.testing.assert_array_equal(max_pool2d_backward(x, delta), autodiff)
+    np.testing.assert_array_equal(jax.vjp(max_pool2d_fast, x)[1](delta)[0], autodiff)
+    np.testing.assert_array_equal(max_pool2d_argmax(x), [[[1, 0]]])

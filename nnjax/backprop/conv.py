@@ -39,8 +39,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from nnjax._checks import check_real_array, check_shape, mixed_dtype
-from nnjax.layers.conv import (FAST_CONV_DIMENSIONS, check_conv_args, conv_output_shape, im2col, kernel_hwio,
-                               kernel_matrix, patch_rows, sum_chunks)
+from nnjax.layers.conv import (FAST_CONV_DIMENSIONS, check_chunk, check_conv_args, conv_output_shape, im2col,
+                               kernel_hwio, kernel_matrix, patch_rows, sum_chunks)
 from nnjax.layers.dense import mixed_matmul, written_transpose
 from nnjax.layers.layout import from_channels_last, image_shape, spatial_shape, to_channels_first, to_channels_last
 
@@ -117,6 +117,7 @@ def _patch_product(fn: str, X, delta, kernel_hw, stride, pads, layout, chunk, bi
     row-major, and the product must not be transposed: XLA would fold the transpose back into
     it as patches^T @ delta_mat, which its CPU backend has no bfloat16 kernel for (jax 0.10.2:
     "Unsupported element type for DotThunk")."""
+    chunk = check_chunk(fn, chunk)
     X, delta = to_channels_last(X, layout), to_channels_last(delta, layout)
     (kh, kw), c_in, c_out = kernel_hw, X.shape[-1], delta.shape[-1]
     compute_dtype = mixed_dtype(fn, compute_dtype, delta.dtype)

@@ -41,17 +41,17 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_rank, check_shape, mixed_dtype
+from nnjax._checks import check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.backprop.conv import conv2d_backward, conv2d_input_grad, conv2d_param_grads
 from nnjax.backprop.conv_norm import conv2d_batch_norm_backward
 from nnjax.backprop.dense import dense_batch_backward
 from nnjax.backprop.normalization import BATCH_AXIS, batch_axes, batch_norm_batch_backward
 from nnjax.backprop.pooling import avg_pool2d_backward, max_pool2d_backward
-from nnjax.layers.conv import check_conv_args, check_conv_batch_args, conv2d_batch, conv2d_channels_last
+from nnjax.layers.conv import check_chunk, check_conv_args, check_conv_batch_args, conv2d_batch, conv2d_channels_last
 from nnjax.layers.conv_norm import conv2d_batch_norm
 from nnjax.layers.dense import check_dense_params, dense, dense_batch_mixed
 from nnjax.layers.layout import spatial_shape
-from nnjax.layers.normalization import batch_norm
+from nnjax.layers.normalization import _check_eps, batch_norm, check_batch_norm_batch, check_running_statistics
 from nnjax.layers.pooling import avg_pool2d, check_pool_args, max_pool2d, max_pool2d_blocks
 
 __all__ = ["dense_batch_fast", "conv2d_fast", "conv2d_batch_fast", "batch_norm_batch_fast", "conv2d_batch_norm_fast",
@@ -106,7 +106,7 @@ def dense_batch_fast(params, A, compute_dtype=None):
       Z, (m, n_out), in W's dtype under mixed precision.
     """
     n_out, n_in = check_dense_params("dense_batch_fast", params)
-    A = jnp.asarray(A)
+    A = check_real_array("dense_batch_fast", "A", A)
     check_rank("dense_batch_fast", "A", A, 2, "(m, n_in): one example per row")
     check_shape("dense_batch_fast", "A", A, (None, n_in), f" = (m, n_in) to match W of shape {params['W'].shape}")
     return _dense_batch(mixed_dtype("dense_batch_fast", compute_dtype, params["W"].dtype), params, A)
@@ -178,6 +178,7 @@ def conv2d_batch_fast(params, X, stride=1, padding="valid", layout="CHW", chunk:
     """
     W, b, X, stride, pads = check_conv_batch_args("conv2d_batch_fast", params, X, stride, padding, layout)
     compute_dtype = mixed_dtype("conv2d_batch_fast", compute_dtype, W.dtype)
+    chunk = check_chunk("conv2d_batch_fast", chunk)
     return _conv2d_batch(stride, pads, layout, chunk, compute_dtype, {"W": W, "b": b}, X)
 
 
@@ -220,9 +221,15 @@ def batch_norm_batch_fast(params, state, X, *, device_axis=None, momentum=0.9, e
       momentum, eps, layout: as `batch_norm`.
 
     Returns:
-      (Y of X's shape, new_state).
+      (Y of X's shape, new_state). Under differentiation new_state is a constant (as behind
+      `jax.lax.stop_gradient`): a loss that reads the updated running statistics gets no
+      gradient through them. Training never differentiates them; autodiff of the plain
+      vmapped `batch_norm` would.
     """
-    return _batch_norm_batch(device_axis, momentum, eps, layout, params, state, X)
+    fn = "batch_norm_batch_fast"
+    X, features = check_batch_norm_batch(fn, params, X, layout)
+    check_running_statistics(fn, state, features, momentum, f" to match X of shape {X.shape}")
+    return _batch_norm_batch(device_axis, momentum, _check_eps(fn, eps), layout, params, state, X)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
@@ -254,7 +261,8 @@ def conv2d_batch_norm_fast(conv_params, bn_params, state, X, *, stride=1, paddin
     whole batch, the statistics from the patches' Gram matrix) whose gradient is hand-derived:
     `conv2d_batch_norm_backward`, which forms neither z nor delta_z for the parameter
     gradients. Same arguments and result as `conv2d_batch_norm`; the CNN's training step runs
-    the layers for which `conv2d_batch_norm_pays` through this.
+    the layers for which `conv2d_batch_norm_pays` through this. As in `batch_norm_batch_fast`,
+    the returned running statistics are a constant under differentiation.
     """
     return _conv2d_batch_norm(stride, padding, device_axis, momentum, eps, layout, conv_params, bn_params, state, X)
 

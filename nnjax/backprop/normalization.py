@@ -28,10 +28,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from nnjax._checks import check_float_array, check_rank, check_same_shape
+from nnjax._checks import check_float_array, check_same_shape
 from nnjax.layers.normalization import (
     _axis_names, _check_batch_norm_input, _check_eps, _check_groups, _check_image, _check_params,
-    _feature_axes, _mean, _per_channel, _standardize, _values_per_feature,
+    _feature_axes, _mean, _per_channel, _standardize, _values_per_feature, check_batch_norm_batch,
 )
 
 __all__ = ["batch_norm_backward", "batch_norm_batch_backward", "layer_norm_backward",
@@ -121,9 +121,7 @@ def batch_norm_batch_backward(params, X, delta, *, device_axis=None, eps=1e-5, l
       ({"gamma": (F,), "beta": (F,)} summed over this device's examples, dX of X's shape).
     """
     fn = "batch_norm_batch_backward"
-    X = check_float_array(fn, "X", X)
-    check_rank(fn, "X", X, {2, 4}, "a batch (m, F) or (m, C, H, W)")
-    _check_batch_norm_input(fn, params, X[0], layout)
+    X, _ = check_batch_norm_batch(fn, params, X, layout)
     check_same_shape(fn, "delta", delta, "X", X)
     eps = _check_eps(fn, eps)
     axes = batch_axes(device_axis)

@@ -59,7 +59,8 @@ def max_pool2d_argmax(x, window=2, stride=None, layout="CHW"):
     """Which element of each window is its maximum: the offset index m*kw + n, (C, H', W') ints.
 
     Tie rule: the FIRST maximum of the window in row-major order (m, then n) wins, so each
-    window routes its delta to exactly one element.
+    window routes its delta to exactly one element; a NaN counts as the maximum (as in
+    `max_pool2d`, whose output is NaN there).
 
     Args:
       x: (C, H, W); window, stride, layout: as `max_pool2d`.
@@ -68,7 +69,7 @@ def max_pool2d_argmax(x, window=2, stride=None, layout="CHW"):
       int32 array (C, H', W') (or (H', W', C)) with values in [0, kh*kw).
     """
     x, window, stride = check_pool_args("max_pool2d_argmax", x, window, stride, layout)
-    return first_max_index(window_views(x, window, stride, spatial_axes(layout)))
+    return first_max_index(window_views(x, window, stride, spatial_axes(layout)), nan_wins=True)
 
 
 def max_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
@@ -94,7 +95,7 @@ def max_pool2d_backward(x, delta, window=2, stride=None, layout="CHW"):
     x, window, stride = check_pool_args("max_pool2d_backward", x, window, stride, layout)
     delta = _check_delta("max_pool2d_backward", x, delta, window, stride, layout)
     x_last, delta_last = to_channels_last(x, layout), to_channels_last(delta, layout)
-    winner = first_max_index(window_views(x_last, window, stride, _SPATIAL))
+    winner = first_max_index(window_views(x_last, window, stride, _SPATIAL), nan_wins=True)
     zero = jnp.zeros((), delta.dtype)
     parts = [_scatter_view(jnp.where(winner == t, delta_last, zero), x_last.shape[:2], offset, stride)
              for t, offset in enumerate(_offsets(window))]

@@ -38,7 +38,8 @@ __all__ = [
     "PADDING_MODES", "conv_output_size", "conv_output_shape", "conv_padding", "conv2d_init",
     "FAST_CONV_DIMENSIONS", "kernel_hwio", "conv2d", "conv2d_channels_last",
     "im2col", "conv2d_im2col", "UNROLLED_CHUNKS", "map_chunks",
-    "sum_chunks", "batch_patches", "kernel_matrix", "patch_rows", "check_conv_batch_args", "conv2d_batch",
+    "sum_chunks", "batch_patches", "kernel_matrix", "patch_rows", "check_conv_batch_args", "check_chunk",
+    "conv2d_batch",
 ]
 
 PADDING_MODES = ("valid", "same")
@@ -446,10 +447,25 @@ def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
     Returns:
       (W, b, X, (sh, sw), ((top, bottom), (left, right))), with X and W cast to one float dtype.
     """
+    layout = check_layout(fn, layout)
     X = check_float_array(fn, "X", X)
-    check_rank(fn, "X", X, 4, f"a batch (m, {', '.join(check_layout(fn, layout))})")
+    check_rank(fn, "X", X, 4, f"a batch (m, {', '.join(layout)})")
+    if X.shape[0] == 0:
+        raise ValueError(f"{fn}: X has shape {X.shape}, an empty batch; it needs at least one example")
+    check_dict(fn, "params", params, ("W", "b"), "conv2d_init")
+    W = jnp.asarray(params["W"])
+    check_rank(fn, "W", W, 4, "(C_out, C_in, kh, kw)")
+    expected = [None] * 4
+    expected[1 + channel_axis(layout)] = W.shape[1]
+    check_shape(fn, "X", X, expected, f" = (m, {', '.join(layout)}): its C = {X.shape[1 + channel_axis(layout)]} "
+                                      f"channels must equal C_in = {W.shape[1]} of W {W.shape}")
     W, b, _, stride, pads = check_conv_args(fn, params, X[0], stride, padding, layout)
     return W, b, X.astype(W.dtype), stride, pads
+
+
+def check_chunk(fn: str, chunk) -> int | None:
+    """`chunk` (examples per im2col product) as an int >= 1, or None for the whole batch."""
+    return None if chunk is None else check_positive_int(fn, "chunk", chunk)
 
 
 def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int | None = None,
@@ -484,6 +500,7 @@ def conv2d_batch(params, X, stride=1, padding="valid", layout="CHW", chunk: int 
       (m, C_out, H', W') (or (m, H', W', C_out)), equal to jax.vmap(conv2d)(X); in W's dtype.
     """
     W, b, X, stride, pads = check_conv_batch_args("conv2d_batch", params, X, stride, padding, layout)
+    chunk = check_chunk("conv2d_batch", chunk)
     compute_dtype = mixed_dtype("conv2d_batch", compute_dtype, W.dtype)
     X = to_channels_last(X, layout)
     W_mat = kernel_matrix(W)

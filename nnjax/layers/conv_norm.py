@@ -136,7 +136,7 @@ def conv2d_batch_norm(conv_params, bn_params, state, X, *, stride=1, padding="va
     fn = "conv2d_batch_norm"
     W, b, X, stride, pads = check_conv_batch_args(fn, conv_params, X, stride, padding, layout)
     c_out = W.shape[0]
-    because = f" = ({c_out},), the output channels of conv_params['W'] {W.shape}"
+    because = f", the output channels of conv_params['W'] {W.shape}"
     _check_params(fn, bn_params, (c_out,), because, "bn_params")
     check_running_statistics(fn, state, c_out, momentum, because)
     eps = _check_eps(fn, eps)

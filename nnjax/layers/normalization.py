@@ -136,9 +136,21 @@ def _check_batch_norm_input(fn: str, params, x, layout):
         raise ValueError(f"{fn}: x has shape {x.shape} (rank {x.ndim}), expected one example of "
                          f"shape (F,) or ({', '.join(layout)}); batch it with jax.vmap")
     features = x.shape[_feature_axes(x, layout)[0]]
-    _check_params(fn, params, (features,), f" = ({features},), the features (channels) of x of "
-                                           f"shape {x.shape}")
+    _check_params(fn, params, (features,), f", the features (channels) of x of shape {x.shape}")
     return x, features
+
+
+def check_batch_norm_batch(fn: str, params, X, layout):
+    """`_check_batch_norm_input` for a whole batch X: (m, F), (m, C, H, W) or (m, H, W, C), at
+    least one example; returns (X, number of features)."""
+    layout = check_layout(fn, layout)
+    X = check_float_array(fn, "X", X)
+    check_rank(fn, "X", X, {2, 4}, f"a batch (m, F) or (m, {', '.join(layout)})")
+    if X.shape[0] == 0:
+        raise ValueError(f"{fn}: X has shape {X.shape}, an empty batch; it needs at least one example")
+    features = X.shape[1 + (channel_axis(layout) if X.ndim == 4 else 0)]
+    _check_params(fn, params, (features,), f", the features (channels) of X of shape {X.shape}")
+    return X, features
 
 
 def check_running_statistics(fn: str, state, features: int, momentum, because: str) -> None:
@@ -146,13 +158,18 @@ def check_running_statistics(fn: str, state, features: int, momentum, because: s
 
     Raises:
       AssertionError (chex) for a statistic of another shape, `because` appended to the
-      message; ValueError for a momentum outside [0, 1].
+      message; ValueError for a momentum outside [0, 1], TypeError for one that is not a
+      number (a traced momentum is not checked).
     """
     check_dict(fn, "state", state, ("mean", "var"), "batch_norm_init")
     check_float_leaves(fn, "state", state)
     check_shape(fn, 'state["mean"]', state["mean"], (features,), because)
     check_shape(fn, 'state["var"]', state["var"], (features,), because)
-    if isinstance(momentum, (int, float)) and not 0.0 <= momentum <= 1.0:
+    if isinstance(momentum, jax.core.Tracer):
+        return
+    if isinstance(momentum, (jax.Array, np.ndarray)) and momentum.ndim == 0:
+        momentum = momentum.item()
+    if not 0.0 <= check_number(fn, "momentum", momentum) <= 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
 
 
