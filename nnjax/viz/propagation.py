@@ -123,12 +123,18 @@ def plot_forward_propagation(params=None, x: Sequence[float] = (1.0, 0.5), path=
     return _forward_figure(trace, path)
 
 
+def _trace_figure(fn: str, forward: ForwardTrace, right_margin: float):
+    """A 12 x 7.5 inch figure with axes for the traced network (its layer sizes checked, `fn`
+    named in the error) and for the equations: (fig, ax, equations, centers, top)."""
+    sizes = [len(forward.x)] + [len(step.z) for step in forward.layers]
+    _check_sizes(fn, sizes)
+    fig = new_figure(12, 7.5)
+    return (fig, *_network_axes(fig, sizes, right_margin=right_margin))
+
+
 def _forward_figure(trace: ForwardTrace, path):
     """Draws a ForwardTrace: network with weights on the edges, z and a in the nodes, equations below."""
-    sizes = [len(trace.x)] + [len(step.z) for step in trace.layers]
-    _check_sizes("plot_forward_propagation", sizes)
-    fig = new_figure(12, 7.5)
-    ax, equations, centers, top = _network_axes(fig, sizes, right_margin=0.9)
+    fig, ax, equations, centers, top = _trace_figure("plot_forward_propagation", trace, right_margin=0.9)
     depth = len(trace.layers)
     for l, step in enumerate(trace.layers, start=1):
         W = np.asarray(step.W)
@@ -153,7 +159,7 @@ def _forward_figure(trace: ForwardTrace, path):
         _node_texts(ax, centers[l], [f"z = {fmt(z)}\n{a_name} = {fmt(a)}"
                                      for z, a in zip(np.asarray(step.z), np.asarray(step.a))], FORWARD)
     _write_equations(equations, str(trace))
-    arrows = " → ".join(map(str, sizes))
+    arrows = " → ".join(str(len(layer)) for layer in centers)
     fig.suptitle(f"Forward propagation {arrows}: x = [{', '.join(fmt(v) for v in np.asarray(trace.x))}], "
                  f"weights on the edges (blue +, red -), z and a in each neuron", fontsize=12)
     return finish(fig, path)
@@ -207,10 +213,7 @@ def plot_backpropagation(params=None, x: Sequence[float] = (1.0, 0.5), y: Sequen
 def _backward_figure(trace: BackwardTrace, path):
     """Draws a BackwardTrace: backward arrows labelled with dL/dW, a and delta in the nodes, equations below."""
     forward = trace.forward
-    sizes = [len(forward.x)] + [len(step.z) for step in forward.layers]
-    _check_sizes("plot_backpropagation", sizes)
-    fig = new_figure(12, 7.5)
-    ax, equations, centers, top = _network_axes(fig, sizes, right_margin=2.0)
+    fig, ax, equations, centers, top = _trace_figure("plot_backpropagation", forward, right_margin=2.0)
     depth = len(forward.layers)
     for l, grads in enumerate(trace.layers, start=1):
         dW = np.asarray(grads.dW)
@@ -240,7 +243,7 @@ def _backward_figure(trace: BackwardTrace, path):
             ha="left", va="center", fontsize=10, color=BACKWARD,
             bbox=dict(boxstyle="round", facecolor="#fdedec", edgecolor=BACKWARD))
     _write_equations(equations, str(trace))
-    arrows = " → ".join(map(str, sizes))
+    arrows = " → ".join(str(len(layer)) for layer in centers)
     fig.suptitle(f"Backpropagation {arrows} with {loss_name}: ∂L/∂W on the backward arrows, "
                  f"a (forward) and δ = ∂L/∂z (backward) in each neuron", fontsize=12)
     return finish(fig, path)
