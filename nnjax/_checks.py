@@ -6,6 +6,7 @@ chex; inside `jax.jit` they run once, at trace time, and cost nothing when the s
 """
 from __future__ import annotations
 
+import operator
 from typing import Iterable, Sequence
 
 import chex
@@ -88,7 +89,10 @@ def check_key(fn: str, key) -> None:
 
 def check_number(fn: str, arg: str, value) -> float:
     """Returns the setting `value` as a float; raises TypeError unless it is a real number (a
-    Python or numpy int or float, not a bool)."""
+    Python or numpy int or float, or a concrete 0-d array of one; not a bool)."""
+    if (isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, jax.core.Tracer)
+            and value.ndim == 0 and value.dtype != bool):
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: {arg}={value!r} must be a number")
     return float(value)
@@ -101,10 +105,20 @@ def check_choice(fn: str, arg: str, value, allowed: Iterable) -> None:
         raise ValueError(f"{fn}: {arg}={value!r} is not allowed; expected one of {allowed}")
 
 
+def check_int(fn: str, arg: str, value, what: str = "an int") -> int:
+    """Returns `value` as an int: a Python or numpy int or a concrete 0-d integer array (anything
+    `operator.index` takes), not a bool; raises TypeError naming `what` was expected."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {arg} must be {what}, got {value!r} of type {type(value).__name__}") from None
+
+
 def check_positive_int(fn: str, arg: str, value) -> int:
     """Returns `value` as an int, or raises ValueError/TypeError if it is not an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, jnp.integer)):
-        raise TypeError(f"{fn}: {arg} must be a positive int, got {value!r} of type {type(value).__name__}")
+    value = check_int(fn, arg, value, "a positive int")
     if value < 1:
         raise ValueError(f"{fn}: {arg} must be a positive int (>= 1), got {value}")
     return int(value)

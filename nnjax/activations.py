@@ -11,9 +11,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from nnjax._checks import check_choice, check_rank, check_real_array, check_shape
+from nnjax._checks import check_choice, check_int, check_rank, check_real_array, check_shape
 
 __all__ = [
     "relu", "leaky_relu", "sigmoid", "tanh", "softplus", "softmax", "log_softmax",
@@ -110,8 +109,9 @@ def softplus_derivative(z):
 def _classes(fn: str, z, axis):
     """z as a floating array with at least one class along `axis`."""
     z = _real(fn, z)
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or (z.ndim and not -z.ndim <= axis < z.ndim):
-        raise ValueError(f"{fn}: axis={axis!r} is not an axis of z of shape {z.shape}; expected an int in "
+    axis = check_int(fn, "axis", axis)
+    if z.ndim and not -z.ndim <= axis < z.ndim:
+        raise ValueError(f"{fn}: axis={axis} is not an axis of z of shape {z.shape}; expected an int in "
                          f"[{-z.ndim}, {z.ndim})")
     if z.ndim == 0 or z.shape[axis] == 0:
         raise ValueError(f"{fn}: z has shape {z.shape}: no classes along axis {axis} to normalize over")

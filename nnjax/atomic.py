@@ -68,14 +68,21 @@ def write_json(path, value, *, durable: bool = False) -> Path:
 
 def write_figure(path, fig, *, dpi: float | None = None, durable: bool = False) -> Path:
     """A matplotlib figure saved with `write_atomically`, in the format its suffix names
-    (``.png``, ``.svg``, ``.pdf``, ...; none: matplotlib's default, PNG).
+    (``.png``, ``.svg``, ``.pdf``, ...); a path without one gets ``.png``, as
+    ``fig.savefig(path)`` names it.
 
     Args:
       path: the image file.
       fig: a `matplotlib.figure.Figure`.
       dpi: dots per inch; None keeps the figure's own.
+
+    Returns:
+      The path written.
     """
-    image_format = Path(path).suffix.lstrip(".") or None
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    image_format = path.suffix.lstrip(".")
     return write_atomically(path, lambda file: fig.savefig(file, format=image_format, dpi=dpi or fig.dpi),
                             durable=durable)
 

@@ -180,8 +180,10 @@ def test_conv_output_size_takes_the_padding_modes_of_conv2d(padding):
         out = conv2d(params, jnp.ones((1, in_size, 1)), (stride, 1), padding)
         assert conv_output_size(in_size, kernel, stride, padding) == out.shape[1], (in_size, kernel, stride)
     assert conv_output_size(28, 3, 2, "same") == 14 and conv_output_size(28, 3, 2, "valid") == 13
-    with pytest.raises(TypeError, match=r"padding must be an int >= 0 \(zeros on each side\), 'valid' or 'same', got 'full'"):
+    with pytest.raises(ValueError, match=r"conv_output_size: padding='full' is not allowed; expected one of \['valid', 'same'\]"):
         conv_output_size(4, 3, padding="full")
+    with pytest.raises(TypeError, match=r"padding must be an int >= 0 \(zeros on each side\), 'valid' or 'same', got array"):
+        conv_output_size(28, 3, 1, np.array([1, 1]))
 
 
 def test_conv_output_size_examples_and_errors():

@@ -142,6 +142,7 @@ def test_batch_errors_name_the_function_and_argument(fn):
     for chunk, error in ((-1, ValueError), (0, ValueError), (1.5, TypeError), ("2", TypeError)):
         with pytest.raises(error, match=rf"{name}: chunk"):
             fn(params, X, chunk=chunk)
+    np.testing.assert_allclose(fn(params, X, chunk=jnp.int32(2)), fn(params, X, chunk=2), rtol=1e-6)
     with pytest.raises(ValueError, match=rf"{name}: layout='NCHW'"):
         fn(params, X, layout="NCHW")
     with pytest.raises(TypeError, match=rf"{name}: .*floating-point"):

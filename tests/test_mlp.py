@@ -68,6 +68,9 @@ def test_layer_forward_is_the_chapters_layer_and_the_mlps_hidden_step():
     np.testing.assert_allclose(A, (1 / (1 + np.exp(-(W @ np.asarray(X).T + b[:, None])))).T, rtol=1e-5)
     with pytest.raises(ValueError, match=r"layer_forward: activation='swish' is not allowed; expected one of \['relu'"):
         layer_forward(params[0], x, "swish")
+    with pytest.raises(AssertionError, match=r"layer_forward: x has shape \(2, 4\), expected \(4,\) = \(n_in,\) "
+                                             r"to match W of shape \(6, 4\)"):
+        layer_forward(params[0], jnp.ones((2, 4)))
 
 
 def test_activation_choice_applies_to_hidden_layers_only():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -373,11 +374,31 @@ def test_batch_norm_needs_more_than_one_value_per_feature():
      r"batch_norm: momentum must be in \[0, 1\], got 2.0"),
     (lambda p, s: batch_norm(p, s, jnp.ones(3), train=False, momentum="0.9"), TypeError,
      r"batch_norm: momentum='0.9' must be a number"),
+    (lambda p, s: batch_norm(p, s, jnp.ones(3), train=False, momentum=jnp.array([0.9, 1.5, 0.5])), ValueError,
+     r"batch_norm: momentum must be in \[0, 1\]"),
+    (lambda p, s: batch_norm_batch_fast(p, s, jnp.ones((1, 3))), ValueError,
+     r"batch_norm_batch_fast: batch statistics need more than one value per feature .* got X of shape \(1, 3\)"),
 ])
 def test_batch_norm_errors(call, error, pattern):
     params, state = batch_norm_init(3)
     with pytest.raises(error, match=pattern):
         call(params, state)
+
+
+def test_settings_as_arrays_numpy_numbers_or_traced_values_are_taken():
+    """0-d arrays for eps and momentum, a per-feature momentum, and (per-example batch_norm) a
+    momentum traced under jit."""
+    params, state = batch_norm_init(3)
+    X = _normal(3, (4, 3)).astype(jnp.float32)
+    expected = batch_norm_batch_fast(params, state, X, momentum=0.9, eps=1e-5)
+    for momentum, eps in ((jnp.float32(0.9), jnp.float32(1e-5)), (np.float64(0.9), np.float32(1e-5)),
+                          (jnp.full(3, 0.9), 1e-5)):
+        got = batch_norm_batch_fast(params, state, X, momentum=momentum, eps=eps)
+        chex.assert_trees_all_close(got, expected, rtol=1e-6)
+    per_example = jax.vmap(lambda x, m: batch_norm(params, state, x, train=True, momentum=m), in_axes=(0, None),
+                           axis_name="batch", out_axes=(0, None))
+    traced = jax.jit(lambda m: per_example(X, m))(0.9)
+    chex.assert_trees_all_close(traced, expected, rtol=1e-6)
 
 
 def test_batch_norm_batch_fast_treats_the_new_running_statistics_as_constants(x64):

@@ -201,3 +201,12 @@ def test_a_nan_in_a_window_gets_the_delta_in_every_backward_as_in_autodiff(x64):
     np.testing.assert_array_equal(max_pool2d_backward(x, delta), autodiff)
     np.testing.assert_array_equal(jax.vjp(max_pool2d_fast, x)[1](delta)[0], autodiff)
     np.testing.assert_array_equal(max_pool2d_argmax(x), [[[1, 0]]])
+
+
+def test_of_several_nans_in_a_window_the_first_gets_the_delta(x64):
+    x = jnp.array([[[3.0, jnp.nan], [jnp.nan, 2.0]]])
+    delta = jnp.array([[[5.0]]])
+    expected = [[[0.0, 5.0], [0.0, 0.0]]]
+    np.testing.assert_array_equal(jax.vjp(max_pool2d, x)[1](delta)[0], expected)
+    np.testing.assert_array_equal(max_pool2d_backward(x, delta), expected)
+    np.testing.assert_array_equal(max_pool2d_argmax(x), [[[1]]])

@@ -264,7 +264,8 @@ def test_without_matplotlib_a_run_finishes_and_says_why_there_is_no_curves_png(s
     assert not (out / training.CURVES_FILE).exists() and (out / training.RESULTS_FILE).exists()
 
 
-def test_resume_rewrites_the_metrics_a_kill_left_behind_the_checkpoint(small_splits, reference, tmp_path):
+def test_resume_rewrites_the_metrics_a_kill_left_behind_the_checkpoint(small_splits, reference, tmp_path,
+                                                                      killed_write):
     """Killed between the last epoch's checkpoint and its metrics.jsonl (and while writing the
     metrics): resuming runs no epoch but writes every epoch's metrics from the checkpoint's
     history, and deletes the half-written temporary file."""
@@ -272,7 +273,7 @@ def test_resume_rewrites_the_metrics_a_kill_left_behind_the_checkpoint(small_spl
     shutil.copytree(reference["out"], out)
     metrics_file = out / training.METRICS_FILE
     metrics_file.write_text("".join(metrics_file.read_text().splitlines(keepends=True)[:1]))
-    (out / f".{training.METRICS_FILE}.0123abcd.tmp").write_text('{"epoch": 1}\n{"ep')
+    assert killed_write(metrics_file, b'{"epoch": 1}\n{"ep')
     (out / training.RESULTS_FILE).unlink()
     resumed = run(reference["model"], small_splits, reference["config"], out_dir=str(out), resume=True)
     assert metrics(resumed) == metrics(reference["results"])
@@ -402,9 +403,8 @@ def test_train_compiles_each_model_with_its_options(small_splits, monkeypatch):
     """`train` passes its model's kind to every compile: the MLP's programs get the MLP's options."""
     asked = []
     real = training.compiler_options
-    for module in (training.machine, training.steps):
-        monkeypatch.setattr(module, "compiler_options",
-                            lambda backend=None, model_kind=None: asked.append(model_kind) or real(backend, model_kind))
+    monkeypatch.setattr(training.machine, "compiler_options",
+                        lambda backend=None, model_kind=None: asked.append(model_kind) or real(backend, model_kind))
     model = training.mlp_model()
     run(model, small_splits, small_config(small_splits, model, epochs=1))
     assert asked and set(asked) == {"mlp"}

@@ -229,6 +229,9 @@ def batch_norm_batch_fast(params, state, X, *, device_axis=None, momentum=0.9, e
     fn = "batch_norm_batch_fast"
     X, features = check_batch_norm_batch(fn, params, X, layout)
     check_running_statistics(fn, state, features, momentum, f" to match X of shape {X.shape}")
+    if device_axis is None and X.size // features < 2:
+        raise ValueError(f"{fn}: batch statistics need more than one value per feature to estimate a variance, "
+                         f"got X of shape {X.shape}")
     return _batch_norm_batch(device_axis, momentum, _check_eps(fn, eps), layout, params, state, X)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-
 from nnjax._checks import check_choice, check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.activations import activation_name, get_activation, relu
 from nnjax.backprop.activation import (

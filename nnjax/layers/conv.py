@@ -95,9 +95,10 @@ def conv_output_size(in_size, kernel_size, stride=1, padding=0) -> int:
     in_size = check_positive_int(fn, "in_size", in_size)
     kernel_size = check_positive_int(fn, "kernel_size", kernel_size)
     stride = check_positive_int(fn, "stride", stride)
-    if padding == "same":
-        return -(-in_size // stride)
-    if padding == "valid":
+    if isinstance(padding, str):
+        check_choice(fn, "padding", padding, PADDING_MODES)
+        if padding == "same":
+            return -(-in_size // stride)
         padding = 0
     if isinstance(padding, bool) or not isinstance(padding, (int, jnp.integer)):
         raise TypeError(f"{fn}: padding must be an int >= 0 (zeros on each side), 'valid' or 'same', "

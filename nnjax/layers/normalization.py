@@ -167,9 +167,13 @@ def check_running_statistics(fn: str, state, features: int, momentum, because: s
     check_shape(fn, 'state["var"]', state["var"], (features,), because)
     if isinstance(momentum, jax.core.Tracer):
         return
-    if isinstance(momentum, (jax.Array, np.ndarray)) and momentum.ndim == 0:
-        momentum = momentum.item()
-    if not 0.0 <= check_number(fn, "momentum", momentum) <= 1.0:
+    if isinstance(momentum, (jax.Array, np.ndarray)) and momentum.ndim > 0:
+        values = np.asarray(momentum)
+        if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+            raise TypeError(f"{fn}: momentum must hold real numbers, got dtype {values.dtype}")
+    else:
+        values = check_number(fn, "momentum", momentum)
+    if not np.all((0.0 <= values) & (values <= 1.0)):
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
 
 

@@ -88,13 +88,13 @@ def first_max_index(views, nan_wins: bool = False):
     strict > keeps the earlier view), int32 of the views' shape.
 
     With nan_wins=True a NaN counts as the maximum, so that a pooled value is NaN wherever its
-    window holds one, as with `jnp.maximum`.
+    window holds one, as with `jnp.maximum`; of several NaNs the first wins.
     """
     best, index = views[0], jnp.zeros(views[0].shape, jnp.int32)
     for t, view in enumerate(views[1:], 1):
         better = view > best
         if nan_wins:
-            better = better | jnp.isnan(view)
+            better = better | (jnp.isnan(view) & ~jnp.isnan(best))
         best = jnp.where(better, view, best)
         index = jnp.where(better, t, index)
     return index

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from nnjax._checks import check_choice, check_rank, check_real_array, check_shape, mixed_dtype
 from nnjax.activations import ELEMENTWISE, relu, softmax
 from nnjax.backprop.custom_vjp import dense_batch_fast
-from nnjax.layers.dense import INITS, check_dense_stack, dense, dense_init
+from nnjax.layers.dense import INITS, check_dense_params, check_dense_stack, dense, dense_init
 
 __all__ = ["layer_forward", "mlp_init", "mlp_logits", "mlp_logits_batch", "mlp_forward", "mlp_activations"]
 
@@ -65,7 +65,11 @@ def layer_forward(params, x, activation: Callable | str = relu):
     Returns:
       a, shape (n_out,).
     """
-    return _resolve_activation("layer_forward", activation)(dense(params, x))
+    sigma = _resolve_activation("layer_forward", activation)
+    _, n_in = check_dense_params("layer_forward", params)
+    x = check_real_array("layer_forward", "x", x)
+    check_shape("layer_forward", "x", x, (n_in,), f" = (n_in,) to match W of shape {params['W'].shape}")
+    return sigma(dense(params, x))
 
 
 def _checked_input(fn: str, params, x):

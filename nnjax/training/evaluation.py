@@ -55,7 +55,7 @@ def evaluate(evaluate_batch: Callable, params, state, eval_set: _EvalSet,
     """Mean loss and accuracy over `eval_set`, one compiled call per batch on the device.
 
     Each call is waited for before the next, as the training steps are under data
-    parallelism (`_run_epoch`); the calls are large, so this costs nothing measurable.
+    parallelism (`nnjax.training.run`); the calls are large, so this costs nothing measurable.
     """
     sums = [jax.block_until_ready(evaluate_batch(
                 params, state, eval_set.images[i:i + batch_size], eval_set.labels[i:i + batch_size],

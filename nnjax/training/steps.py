@@ -19,7 +19,7 @@ from nnjax._checks import check_choice
 from nnjax.gradcheck import compare
 from nnjax.losses import softmax_cross_entropy
 from nnjax.training.config import COMPUTE_DTYPES, GRAD_SOURCES
-from nnjax.training.machine import compiler_options
+from nnjax.training import machine
 from nnjax.training.models import NUM_CLASSES, Model
 from nnjax.training.parallel import _split_batch
 
@@ -315,7 +315,7 @@ def compare_gradient_sources(model: Model, params, state, inputs, targets,
       "manual_ms"}``.
     """
     check_choice("compare_gradient_sources", "compute_dtype", compute_dtype, COMPUTE_DTYPES)
-    options = compiler_options(model_kind=model.kind)
+    options = machine.compiler_options(model_kind=model.kind)
     sources = {name: jax.jit(lambda p, s, x, y, f=_gradient_in(model, name, compute_dtype): f(p, s, x, y)[0],
                              compiler_options=options)
                for name in GRAD_SOURCES}

@@ -9,8 +9,6 @@ steps are compiled as `train` compiles them (`training.compile_ahead`).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,12 +18,6 @@ from bench_peers import common
 from nnjax import training
 
 GRAD_SOURCES = training.GRAD_SOURCES
-
-
-class DeviceData(NamedTuple):
-    """The `data` argument of nnjax's train step: the training set on the device."""
-    images: jax.Array
-    labels: jax.Array
 
 
 def _model(model: str) -> training.Model:
@@ -41,7 +33,7 @@ def _setup(model: str, data: common.EpochData, lr: float, grads: str, make_step,
     step = make_step(net, optimizer, grads, devices=devices, compute_dtype=compute_dtype)
     params, state = net.init(jax.random.key(seed))
     n = data.steps * data.batch_size
-    device_data = DeviceData(*training.replicate((data.pixels.reshape(n, 28, 28), data.labels.reshape(n)), devices))
+    device_data = training.TrainingSet(*training.replicate((data.pixels.reshape(n, 28, 28), data.labels.reshape(n)), devices))
     batches = training.replicate(np.arange(n, dtype=np.int32).reshape(data.steps, data.batch_size), devices)
     trained = training.replicate((params, optimizer.init(params), state), devices)
     return step, trained, device_data, batches, devices
