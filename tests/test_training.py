@@ -317,6 +317,11 @@ def test_bad_settings_raise_naming_the_setting(small_splits, overrides, message)
 def test_a_setting_of_the_wrong_type_names_itself(small_splits):
     with pytest.raises(TypeError, match="TrainConfig: lr='0.1' must be a number"):
         small_config(small_splits, training.mlp_model(), lr="0.1").validate()
+    for name, value in (("lr", np.float32(0.1)), ("lr", jnp.float32(0.1)), ("epochs", np.int64(3))):
+        with pytest.raises(TypeError, match=rf"TrainConfig: {name}=.* must be a Python int or float \(the run's "
+                                            rf"config is saved as JSON"):
+            small_config(small_splits, training.mlp_model(), **{name: value}).validate()
+    small_config(small_splits, training.mlp_model(), lr=np.float64(0.1)).validate()
 
 
 def test_config_must_match_the_training_set(small_splits):

@@ -120,6 +120,11 @@ class TrainConfig:
             value = check_number("TrainConfig", name, getattr(self, name))
             if not math.isfinite(value):
                 raise ValueError(f"TrainConfig: {name}={value!r} must be finite")
+        for name in ("epochs", "batch_size", "eval_batch_size", "n_train", "lr", "warmup_epochs",
+                     "weight_decay", "label_smoothing"):
+            if not isinstance(getattr(self, name), (int, float)):
+                raise TypeError(f"TrainConfig: {name}={getattr(self, name)!r} must be a Python int or float "
+                                f"(the run's config is saved as JSON beside its checkpoint)")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig: lr={self.lr!r} must be > 0")
         if not 0 <= self.warmup_epochs < self.epochs:
