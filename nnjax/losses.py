@@ -115,8 +115,10 @@ def softmax_cross_entropy(logits, y):
     """Cross-entropy of softmax(logits): L = -sum_k y_k log_softmax(z)_k.
 
     Computed through `log_softmax`, so it is finite for any finite logits, and for a logit of
-    -inf (a masked class) whose target is 0: classes with y_k = 0 add nothing, not 0 * -inf.
-    With one-hot y the chapter's simplification holds: dL/dz = softmax(z) - y = y_hat - y.
+    -inf (a masked class) whose target is 0: that class adds nothing, not 0 * -inf (and its
+    derivative with respect to that target is taken as 0, where -log_softmax would be +inf).
+    With one-hot y the chapter's simplification holds: dL/dz = softmax(z) - y = y_hat - y;
+    with respect to the targets, dL/dy = -log_softmax(z).
 
     Args:
       logits: z^[L], shape (..., K).
@@ -126,4 +128,6 @@ def softmax_cross_entropy(logits, y):
       Shape (...,).
     """
     logits, y = _check_pair("softmax_cross_entropy", "logits", logits, y, summed=True)
-    return -jnp.sum(jnp.where(y == 0, 0, y * log_softmax(logits)), axis=-1)
+    log_p = log_softmax(logits)
+    log_p = jnp.where((y == 0) & jnp.isneginf(log_p), 0, log_p)
+    return -jnp.sum(y * log_p, axis=-1)

@@ -130,3 +130,23 @@ def test_everything_runs_under_jit_and_vmap():
     direct = per_example(logits, y)
     for got, want in zip(batched, direct):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_cross_entropy_with_a_masked_class_and_its_gradients(x64):
+    """A -inf logit whose target is 0 adds nothing (not 0 * -inf = NaN); the gradients stay
+    finite: dL/dz = softmax(z) - y, and dL/dy = -log_softmax(z) (0 at the masked class)."""
+    z = jnp.array([0.3, -jnp.inf, 2.0])
+    y = jnp.array([1.0, 0.0, 0.0])
+    log_p = jax.nn.log_softmax(jnp.array([0.3, 2.0]))
+    np.testing.assert_allclose(L.softmax_cross_entropy(z, y), -log_p[0], rtol=1e-12)
+    dz, dy = jax.grad(L.softmax_cross_entropy, argnums=(0, 1))(z, y)
+    np.testing.assert_allclose(dz, softmax(z) - y, rtol=1e-12)
+    np.testing.assert_allclose(dy, [-log_p[0], 0.0, -log_p[1]], rtol=1e-12)
+
+
+def test_softmax_cross_entropy_gradient_with_respect_to_the_targets(x64):
+    """dL/dy_k = -log_softmax(z)_k for every class, those with y_k = 0 included (soft targets)."""
+    z = jnp.array([0.3, -1.0, 2.0])
+    for y in (jnp.array([1.0, 0.0, 0.0]), jnp.array([0.2, 0.5, 0.3])):
+        np.testing.assert_allclose(jax.grad(L.softmax_cross_entropy, argnums=1)(z, y), -jax.nn.log_softmax(z),
+                                   rtol=1e-12)
