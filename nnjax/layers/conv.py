@@ -203,23 +203,41 @@ def check_conv_args(fn: str, params, x, stride, padding, layout="CHW"):
     """
     layout = check_layout(fn, layout)
     x = check_float_array(fn, "x", x)
+    W, b = _checked_kernel(fn, params)
+    check_rank(fn, "x", x, 3, f"one example ({', '.join(layout)}); batch with jax.vmap")
+    _check_channels(fn, "x", x, W, layout)
+    stride, pads = _checked_geometry(fn, spatial_shape(x, layout), W, stride, padding)
+    dtype = jnp.result_type(x, W)
+    return W.astype(dtype), b.astype(dtype), x.astype(dtype), stride, pads
+
+
+def _checked_kernel(fn: str, params):
+    """params as conv2d_init returns them: {"W": (C_out, C_in, kh, kw), "b": (C_out,)} of floats."""
     check_dict(fn, "params", params, ("W", "b"), "conv2d_init")
     check_float_leaves(fn, "params", params)
     W, b = jnp.asarray(params["W"]), jnp.asarray(params["b"])
     check_rank(fn, "W", W, 4, "(C_out, C_in, kh, kw)")
-    check_rank(fn, "x", x, 3, f"one example ({', '.join(layout)}); batch with jax.vmap")
-    c_out, c_in, kh, kw = W.shape
-    expected = [None, None, None]
-    expected[channel_axis(layout)] = c_in
-    check_shape(fn, "x", x, expected, f" = ({', '.join(layout)}): its C = {x.shape[channel_axis(layout)]} "
-                                      f"channels must equal C_in = {c_in} of W {W.shape}")
-    check_shape(fn, "b", b, (c_out,), f" = (C_out,) to match W of shape {W.shape}")
+    check_shape(fn, "b", b, (W.shape[0],), f" = (C_out,) to match W of shape {W.shape}")
+    return W, b
+
+
+def _check_channels(fn: str, arg: str, x, W, layout: str) -> None:
+    """x's channel axis (one example, or a batch with a leading m) holds C_in = W.shape[1]."""
+    batch = x.ndim == 4
+    axis = channel_axis(layout) + batch
+    expected = [None] * x.ndim
+    expected[axis] = W.shape[1]
+    dims = ("m, " if batch else "") + ", ".join(layout)
+    check_shape(fn, arg, x, expected, f" = ({dims}): its C = {x.shape[axis]} channels must equal "
+                                      f"C_in = {W.shape[1]} of W {W.shape}")
+
+
+def _checked_geometry(fn: str, in_hw, W, stride, padding):
+    """(stride pair, explicit pads) for a kernel W on images of spatial size in_hw that it fits."""
     stride = as_pair(fn, "stride", stride)
-    in_hw = spatial_shape(x, layout)
-    pads = conv_padding(in_hw, (kh, kw), stride, padding, fn)
-    _check_kernel_fits(fn, in_hw, (kh, kw), pads)
-    dtype = jnp.result_type(x, W)
-    return W.astype(dtype), b.astype(dtype), x.astype(dtype), stride, pads
+    pads = conv_padding(in_hw, W.shape[2:], stride, padding, fn)
+    _check_kernel_fits(fn, in_hw, W.shape[2:], pads)
+    return stride, pads
 
 
 def conv2d(params, x, stride=1, padding="valid", layout="CHW"):
@@ -453,15 +471,11 @@ def check_conv_batch_args(fn: str, params, X, stride, padding, layout="CHW"):
     check_rank(fn, "X", X, 4, f"a batch (m, {', '.join(layout)})")
     if X.shape[0] == 0:
         raise ValueError(f"{fn}: X has shape {X.shape}, an empty batch; it needs at least one example")
-    check_dict(fn, "params", params, ("W", "b"), "conv2d_init")
-    W = jnp.asarray(params["W"])
-    check_rank(fn, "W", W, 4, "(C_out, C_in, kh, kw)")
-    expected = [None] * 4
-    expected[1 + channel_axis(layout)] = W.shape[1]
-    check_shape(fn, "X", X, expected, f" = (m, {', '.join(layout)}): its C = {X.shape[1 + channel_axis(layout)]} "
-                                      f"channels must equal C_in = {W.shape[1]} of W {W.shape}")
-    W, b, _, stride, pads = check_conv_args(fn, params, X[0], stride, padding, layout)
-    return W, b, X.astype(W.dtype), stride, pads
+    W, b = _checked_kernel(fn, params)
+    _check_channels(fn, "X", X, W, layout)
+    stride, pads = _checked_geometry(fn, spatial_shape(X[0], layout), W, stride, padding)
+    dtype = jnp.result_type(X, W)
+    return W.astype(dtype), b.astype(dtype), X.astype(dtype), stride, pads
 
 
 def check_chunk(fn: str, chunk) -> int | None:
